@@ -1,0 +1,1 @@
+//! HTTP admin port: /healthz, /readyz (store reachable), /metrics.

@@ -1,0 +1,1 @@
+//! Bearer-token authentication of gRPC calls (DESIGN §10).

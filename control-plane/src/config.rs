@@ -1,0 +1,1 @@
+//! Command-line flags and their MYAGENT_* environment twins.

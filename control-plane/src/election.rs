@@ -1,0 +1,1 @@
+//! Leader election over the store: a lease-backed election/leader key.

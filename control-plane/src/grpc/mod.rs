@@ -1,0 +1,1 @@
+//! tonic handlers: convert protobuf <-> domain at the edge, call the domain layer, convert back.

@@ -1,0 +1,1 @@
+//! Health checker (leader only): WebSocket-handshake probes, thresholds, flap damping, history.

@@ -1,0 +1,1 @@
+//! Agent and manager logs: capture, on-disk storage with rotation, query, search, follow.

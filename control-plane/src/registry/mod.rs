@@ -1,0 +1,1 @@
+//! Service registry: validation and CRUD of services/{id} and service-names/{name}.

@@ -1,0 +1,1 @@
+//! Routing rules: validation (fields, operators, strategies, regex, CIDR) and CRUD of rules/.

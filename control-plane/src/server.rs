@@ -1,0 +1,1 @@
+//! Bind every listener, then run: the control plane process composed from its modules.

@@ -1,0 +1,1 @@
+//! Statistics: per-service counters, overview, time series sampling and retention.

@@ -1,0 +1,1 @@
+//! Data-plane config stream: versioned pushes to proxies, ACK/NACK, reports, commands, load.

@@ -1,0 +1,1 @@
+//! Process supervisor (leader only): launches, watches and restarts managed agent processes.

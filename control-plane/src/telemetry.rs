@@ -1,0 +1,1 @@
+//! tracing subscriber set-up (JSON when stderr is not a terminal).

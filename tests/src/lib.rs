@@ -1,0 +1,1 @@
+//! Test harness: builders that start the real binaries and servers on port 0.
