@@ -23,4 +23,5 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace --bins
 cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-4}"

@@ -1,0 +1,1 @@
+//! Runs the myagent-manager binary against a live stack and captures its output.

@@ -1,0 +1,1 @@
+//! Starts myagent-gateway on port 0 against a control plane.

@@ -1,0 +1,1 @@
+//! Starts myagent-proxy on port 0 against one or more control planes.
