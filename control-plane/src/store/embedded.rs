@@ -84,6 +84,27 @@ struct Core {
 struct Shared {
     db: Database,
     core: Mutex<Core>,
+    /// Declared after `db` so it drops after the file is closed.
+    _closing: ClosingGuard,
+}
+
+/// Data dirs whose `EmbeddedStore` was dropped while a background task (lease expiry, an
+/// in-flight blocking call) still holds the file open for a moment. Reopening such a path waits
+/// for the close instead of failing as "already open"; a path held by a live store still fails
+/// at once.
+static CLOSING: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+fn closing() -> MutexGuard<'static, BTreeSet<PathBuf>> {
+    CLOSING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct ClosingGuard(PathBuf);
+
+impl Drop for ClosingGuard {
+    fn drop(&mut self) {
+        closing().remove(&self.0);
+    }
 }
 
 /// The writes of one transaction, staged against an open redb table at revision `revision`.
@@ -296,7 +317,7 @@ impl EmbeddedStore {
             ))
         })?;
         let path = data_dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|e| match e {
+        let db = Self::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => storage(format!(
                 "{} is already open by another process (or another store in this one); \
                  each control plane needs its own --data-dir",
@@ -307,6 +328,7 @@ impl EmbeddedStore {
         let revision = Self::init(&db)?;
         let shared = Arc::new(Shared {
             db,
+            _closing: ClosingGuard(path.clone()),
             core: Mutex::new(Core {
                 revision,
                 hub: Hub::new(revision),
@@ -323,6 +345,20 @@ impl EmbeddedStore {
             path,
             _expiry: stop.drop_guard(),
         })
+    }
+
+    fn create(path: &Path) -> std::result::Result<Database, redb::DatabaseError> {
+        let deadline = Instant::now() + CLOSE_WAIT;
+        loop {
+            match Database::create(path) {
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                    if closing().contains(path) && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The redb file backing this store.
@@ -375,6 +411,13 @@ impl EmbeddedStore {
         tokio::task::spawn_blocking(move || f(&shared))
             .await
             .map_err(|e| Error::internal(format!("embedded store task failed: {e}")))?
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        closing().insert(self.path.clone());
+        // If nothing else holds the file, it closes right here, after this body.
     }
 }
 
