@@ -1,4 +1,4 @@
-//! etcd backend over etcd-client (placeholder).
+//! etcd backend over etcd-client.
 
 use std::time::Duration;
 
