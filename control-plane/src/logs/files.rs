@@ -89,7 +89,7 @@ pub(super) fn files_oldest_first(dir: &Path) -> Vec<PathBuf> {
             .collect(),
         Err(_) => return Vec::new(),
     };
-    rotated.sort_by(|a, b| b.0.cmp(&a.0));
+    rotated.sort_by_key(|r| std::cmp::Reverse(r.0));
     let mut out: Vec<PathBuf> = rotated.into_iter().map(|(_, p)| p).collect();
     let current = dir.join(CURRENT);
     if current.exists() {

@@ -23,8 +23,25 @@ const MARGIN: Duration = Duration::from_secs(10);
 /// `SERVICE_START_FAILED` / `PORT_IN_USE`.
 pub async fn start(ctx: &Context, service: &ServiceDef) -> Result<Runtime> {
     let others: Vec<ServiceDef> = json::list(&ctx.store, keys::SERVICES).await?;
-    let holders: Vec<&ServiceDef> = others.iter().filter(|o| port::wants_port(o)).collect();
-    if let Some(owner) = port::owner(service, holders.into_iter()) {
+    // Holders: services meant to run whose process is up or on its way (a failed one holds nothing).
+    let (rts, _) = ctx.store.range(keys::RUNTIME).await?;
+    let active: std::collections::HashSet<&str> = rts
+        .iter()
+        .filter(|kv| {
+            json::decode::<Runtime>(kv).is_ok_and(|r| {
+                matches!(
+                    r.status,
+                    ServiceStatus::Starting | ServiceStatus::Running | ServiceStatus::Stopping
+                )
+            })
+        })
+        .filter_map(|kv| kv.key.strip_prefix(keys::RUNTIME))
+        .collect();
+    let holders: Vec<&ServiceDef> = others
+        .iter()
+        .filter(|o| port::wants_port(o) && active.contains(o.id.as_str()))
+        .collect();
+    if let Some(owner) = port::owner(service, holders) {
         return Err(Error::PortInUse {
             host: service.host.clone(),
             port: service.port,
