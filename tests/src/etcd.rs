@@ -163,7 +163,23 @@ impl Etcd {
 
     /// Freezes etcd (SIGSTOP): its sockets stay open but nothing answers, like a hung node.
     pub fn pause(&self) {
-        self.signal(nix::sys::signal::Signal::SIGSTOP);
+        let pid = self.signal(nix::sys::signal::Signal::SIGSTOP);
+        // kill() returns before every thread has stopped; a request sent in that window could
+        // still be answered, so wait until the kernel reports the process stopped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // Field 3, after the parenthesised command name.
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next());
+            if state == Some("T") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "etcd did not stop after SIGSTOP");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Undoes `pause` (SIGCONT).
@@ -171,11 +187,12 @@ impl Etcd {
         self.signal(nix::sys::signal::Signal::SIGCONT);
     }
 
-    fn signal(&self, sig: nix::sys::signal::Signal) {
+    fn signal(&self, sig: nix::sys::signal::Signal) -> u32 {
         let guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
         let child = guard.as_ref().expect("etcd is running");
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
         nix::sys::signal::kill(pid, sig).expect("signal etcd");
+        child.id()
     }
 
     /// Starts etcd again on the same ports and data dir and waits until it is healthy.

@@ -254,7 +254,7 @@ async fn etcd_hung_answers_unavailable_within_timeout() {
     println!("etcd hung: StoreUnavailable after {took:?} (request timeout {timeout:?})");
     assert!(matches!(err, Error::StoreUnavailable(_)), "{err:?}");
     assert!(
-        took >= timeout && took < timeout + Duration::from_millis(500),
+        took >= timeout && took < timeout + Duration::from_secs(1),
         "took {took:?}"
     );
     myagent_tests::wait::until(
