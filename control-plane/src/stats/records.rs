@@ -176,7 +176,7 @@ pub async fn services(store: &StoreRef) -> Result<Vec<(ServiceDef, Option<Runtim
         .collect();
     Ok(defs
         .iter()
-        .filter_map(|kv| decode_or_skip::<ServiceDef>(kv))
+        .filter_map(decode_or_skip::<ServiceDef>)
         .map(|d| {
             let rt = runtimes.remove(&d.id);
             (d, rt)

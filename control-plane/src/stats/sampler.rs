@@ -433,6 +433,10 @@ fn add_counters(row: &mut Row, d: &Counters) {
 }
 
 #[cfg(test)]
+#[path = "sampler_tests.rs"]
+mod store_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -82,7 +82,7 @@ pub fn parse_span(s: &str) -> Option<u64> {
 /// Renders seconds in the largest unit that divides them (`300` → `5m`).
 pub fn format_span(secs: u64) -> String {
     for (unit, mult) in [('d', 86_400), ('h', 3_600), ('m', 60)] {
-        if secs >= mult && secs % mult == 0 {
+        if secs >= mult && secs.is_multiple_of(mult) {
             return format!("{}{unit}", secs / mult);
         }
     }
