@@ -161,6 +161,23 @@ impl Etcd {
         }
     }
 
+    /// Freezes etcd (SIGSTOP): its sockets stay open but nothing answers, like a hung node.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Undoes `pause` (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let guard = self.child.lock().unwrap_or_else(|e| e.into_inner());
+        let child = guard.as_ref().expect("etcd is running");
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid fits i32"));
+        nix::sys::signal::kill(pid, sig).expect("signal etcd");
+    }
+
     /// Starts etcd again on the same ports and data dir and waits until it is healthy.
     pub fn restart(&self) {
         self.stop();
@@ -179,6 +196,7 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
+        // SIGKILL also ends a paused (SIGSTOPped) etcd.
         self.stop();
     }
 }

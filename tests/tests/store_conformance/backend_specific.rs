@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use myagent_control_plane::store::embedded::EmbeddedStore;
+use myagent_control_plane::store::etcd::EtcdStore;
 use myagent_control_plane::store::{StoreRef, WatchEvent};
 use myagent_control_plane::Error;
 
@@ -139,4 +140,124 @@ async fn embedded_lagging_watcher_ends_with_compacted() {
     }
     assert!(seen < 1100, "the lagging watcher was cut off ({seen} seen)");
     assert!(w.next().await.is_none(), "the stream ends after the error");
+}
+
+/// Every call on a store whose etcd is down answers `StoreUnavailable` within about the
+/// request timeout.
+async fn assert_unavailable_promptly(s: &StoreRef, timeout: Duration) {
+    let started = std::time::Instant::now();
+    let err = s.put("probe", b"1".to_vec(), None).await.unwrap_err();
+    let put_took = started.elapsed();
+    assert!(matches!(err, Error::StoreUnavailable(_)), "{err:?}");
+    let started = std::time::Instant::now();
+    let err = s.range("").await.unwrap_err();
+    assert!(matches!(err, Error::StoreUnavailable(_)), "{err:?}");
+    let took = put_took.max(started.elapsed());
+    println!("etcd down: StoreUnavailable after {took:?} (request timeout {timeout:?})");
+    assert!(took < timeout + Duration::from_secs(1), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_outage_answers_unavailable_then_recovers() {
+    let etcd = myagent_tests::etcd::Etcd::start();
+    let timeout = Duration::from_secs(2);
+    let prefix = format!("/outage-{}/", uuid::Uuid::new_v4());
+    let s: StoreRef = Arc::new(
+        EtcdStore::connect(&[etcd.endpoint()], &prefix, timeout)
+            .await
+            .unwrap(),
+    );
+    let before = s.put("a", b"1".to_vec(), None).await.unwrap();
+    let mut w = s.watch("", 0).await.unwrap();
+
+    etcd.stop();
+    assert_unavailable_promptly(&s, timeout).await;
+    // The watch ends with StoreUnavailable rather than going silent.
+    match tokio::time::timeout(Duration::from_secs(15), w.next()).await {
+        Ok(Some(Err(Error::StoreUnavailable(_)))) => {}
+        other => panic!("expected the watch to end with StoreUnavailable, got {other:?}"),
+    }
+
+    etcd.restart();
+    let started = std::time::Instant::now();
+    let rev = myagent_tests::wait::until(
+        "store to answer after etcd restart",
+        Duration::from_secs(20),
+        || {
+            let s = s.clone();
+            async move { s.put("b", b"2".to_vec(), None).await.ok() }
+        },
+    )
+    .await;
+    println!(
+        "etcd back: store answered again after {:?}",
+        started.elapsed()
+    );
+    assert!(rev > before);
+    assert_eq!(s.get("a").await.unwrap().unwrap().value, b"1", "data kept");
+    // Re-watching from the last seen revision replays what was missed.
+    let mut w = s.watch("", before + 1).await.unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(10), w.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(batch[0].key(), "b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_connect_while_down_does_not_block() {
+    let etcd = myagent_tests::etcd::Etcd::start();
+    etcd.stop();
+    let timeout = Duration::from_secs(1);
+    let started = std::time::Instant::now();
+    let s: StoreRef = Arc::new(
+        EtcdStore::connect(&[etcd.endpoint()], "/down/", timeout)
+            .await
+            .expect("connect does not need etcd to be up"),
+    );
+    assert!(started.elapsed() < timeout + Duration::from_secs(1));
+    assert_unavailable_promptly(&s, timeout).await;
+    etcd.restart();
+    myagent_tests::wait::until(
+        "store to answer once etcd is up",
+        Duration::from_secs(20),
+        || {
+            let s = s.clone();
+            async move { s.revision().await.ok() }
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_hung_answers_unavailable_within_timeout() {
+    let etcd = myagent_tests::etcd::Etcd::start();
+    let timeout = Duration::from_secs(1);
+    let s: StoreRef = Arc::new(
+        EtcdStore::connect(&[etcd.endpoint()], "/hung/", timeout)
+            .await
+            .unwrap(),
+    );
+    s.put("a", b"1".to_vec(), None).await.unwrap();
+    etcd.pause();
+    let started = std::time::Instant::now();
+    let err = s.get("a").await.unwrap_err();
+    let took = started.elapsed();
+    etcd.resume();
+    println!("etcd hung: StoreUnavailable after {took:?} (request timeout {timeout:?})");
+    assert!(matches!(err, Error::StoreUnavailable(_)), "{err:?}");
+    assert!(
+        took >= timeout && took < timeout + Duration::from_millis(500),
+        "took {took:?}"
+    );
+    myagent_tests::wait::until(
+        "store to answer after etcd resumes",
+        Duration::from_secs(10),
+        || {
+            let s = s.clone();
+            async move { s.get("a").await.ok().flatten() }
+        },
+    )
+    .await;
 }
