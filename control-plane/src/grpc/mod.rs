@@ -1,1 +1,3 @@
 //! tonic handlers: convert protobuf <-> domain at the edge, call the domain layer, convert back.
+pub mod health;
+pub mod logs;
