@@ -9,6 +9,7 @@ Misbehaviour for tests (environment variables):
   ECHO_EXIT_AT_ONCE=<code>     print an error to stderr and exit with <code> before listening
   ECHO_CRASH_AFTER=<seconds>   exit with code 3 that long after listening
   ECHO_HANG_HANDSHAKE=1        accept TCP connections but never answer the upgrade
+  ECHO_HANG_AFTER=<seconds>    answer handshakes only that long after listening (then hang)
   ECHO_SPAWN_CHILD=1           start a child process (`sleep 3600`) and print `child_pid=<pid>`
   ECHO_IGNORE_SIGTERM=1        ignore SIGTERM (the supervisor must SIGKILL after the grace)
   ECHO_STARTUP_DELAY=<seconds> wait before listening
@@ -28,6 +29,7 @@ import time
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 NAME = os.environ.get("MYAGENT_SERVICE_NAME", "echo-agent")
+LISTENING_SINCE = [None]
 
 
 def log_out(msg):
@@ -91,7 +93,9 @@ async def handshake(reader, writer):
 
 
 async def serve(reader, writer):
-    if os.environ.get("ECHO_HANG_HANDSHAKE") == "1":
+    hang_after = float(os.environ.get("ECHO_HANG_AFTER", "0"))
+    hung = hang_after > 0 and LISTENING_SINCE[0] is not None and time.monotonic() - LISTENING_SINCE[0] > hang_after
+    if os.environ.get("ECHO_HANG_HANDSHAKE") == "1" or hung:
         await asyncio.sleep(3600)
         return
     try:
@@ -154,6 +158,7 @@ async def main():
         child = subprocess.Popen(["sleep", "3600"])
         log_out(f"child_pid={child.pid}")
     server = await asyncio.start_server(serve, host, port)
+    LISTENING_SINCE[0] = time.monotonic()
     log_out(f"INFO {NAME} listening on ws://{host}:{port} (pid {os.getpid()})")
     log_err("WARNING this is a warning line on stderr")
     log_out("level=debug a debug line")

@@ -279,12 +279,7 @@ impl Actor {
         let unstable = e.policy.unstable();
         let pid = e.pid.unwrap_or_default();
         self.complete_request(id);
-        self.persist(id).await;
-        self.log(
-            id,
-            Level::Info,
-            &format!("running (pid {pid}): WebSocket handshake passed in {response_ms:.1} ms"),
-        );
+        // Health first: whoever sees `running` (routing, the API caller) also sees `healthy`.
         self.set_health(
             id,
             HealthStatus::Healthy,
@@ -293,6 +288,12 @@ impl Actor {
             Some(unstable),
         )
         .await;
+        self.persist(id).await;
+        self.log(
+            id,
+            Level::Info,
+            &format!("running (pid {pid}): WebSocket handshake passed in {response_ms:.1} ms"),
+        );
         self.timer(id, STABLE_AFTER, TimerKind::Stable);
     }
 

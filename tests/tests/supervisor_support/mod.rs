@@ -168,3 +168,115 @@ pub fn alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+pub type HealthClient =
+    myagent_proto::v1::health_checks_client::HealthChecksClient<tonic::transport::Channel>;
+pub type LogsClient = myagent_proto::v1::logs_client::LogsClient<tonic::transport::Channel>;
+
+impl Fixture {
+    /// Serves the `HealthChecks` and `Logs` gRPC services of this fixture on 127.0.0.1:0.
+    pub async fn grpc(&self) -> (HealthClient, LogsClient) {
+        use myagent_control_plane::grpc::{health::HealthService, logs::LogsService};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tonic::transport::Server::builder()
+            .add_service(HealthService::new(self.ctx.clone(), self.logs.clone()).into_server())
+            .add_service(LogsService::new(self.ctx.clone(), self.logs.clone()).into_server());
+        let shutdown = self.ctx.shutdown.clone();
+        tokio::spawn(async move {
+            let _ = server
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    shutdown.cancelled_owned(),
+                )
+                .await;
+        });
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        (HealthClient::new(channel.clone()), LogsClient::new(channel))
+    }
+}
+
+/// A WebSocket server in the test process whose behaviour the test switches at run time.
+pub struct TestEndpoint {
+    pub port: u16,
+    /// 0 = answer handshakes, 1 = refuse (close at once), 2 = hang, 3 = alternate ok/refuse.
+    pub mode: Arc<std::sync::atomic::AtomicU8>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestEndpoint {
+    pub async fn start(mode: u8) -> TestEndpoint {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = Arc::new(std::sync::atomic::AtomicU8::new(mode));
+        let m = mode.clone();
+        let task = tokio::spawn(async move {
+            let mut n = 0u64;
+            while let Ok((s, _)) = listener.accept().await {
+                n += 1;
+                let ok = match m.load(Ordering::SeqCst) {
+                    0 => true,
+                    1 => false,
+                    2 => {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            drop(s);
+                        });
+                        continue;
+                    }
+                    _ => n % 2 == 1,
+                };
+                if ok {
+                    tokio::spawn(async move {
+                        if let Ok(mut ws) = tokio_tungstenite::accept_async(s).await {
+                            use futures::StreamExt;
+                            while let Some(Ok(_)) = ws.next().await {}
+                        }
+                    });
+                }
+            }
+        });
+        TestEndpoint { port, mode, task }
+    }
+
+    pub fn set(&self, mode: u8) {
+        self.mode.store(mode, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TestEndpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls GetHealth until the status is `status`.
+pub async fn wait_health(
+    client: &mut HealthClient,
+    service: &str,
+    status: &str,
+) -> myagent_proto::v1::HealthStatus {
+    myagent_tests::wait::until(
+        &format!("{service} to be {status}"),
+        Duration::from_secs(10),
+        || {
+            let mut c = client.clone();
+            let service = service.to_string();
+            let status = status.to_string();
+            async move {
+                let st = c
+                    .get_health(myagent_proto::v1::GetHealthRequest { service })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (st.status == status).then_some(st)
+            }
+        },
+    )
+    .await
+}
