@@ -7,7 +7,11 @@ use crate::error::{Error, Result};
 pub struct EtcdStore;
 
 impl EtcdStore {
-    pub async fn connect(_endpoints: &[String], _prefix: &str, _timeout: Duration) -> Result<EtcdStore> {
+    pub async fn connect(
+        _endpoints: &[String],
+        _prefix: &str,
+        _timeout: Duration,
+    ) -> Result<EtcdStore> {
         Err(Error::internal("etcd store: not built yet"))
     }
 }

@@ -35,7 +35,10 @@ pub struct KeyValue {
 pub enum WatchEvent {
     Put(KeyValue),
     /// Relative key and the revision of the deletion.
-    Delete { key: String, mod_revision: Revision },
+    Delete {
+        key: String,
+        mod_revision: Revision,
+    },
 }
 
 impl WatchEvent {

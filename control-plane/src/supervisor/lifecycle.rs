@@ -9,12 +9,18 @@ use crate::model::{Runtime, ServiceDef};
 /// Start (managed: launch; external: admit to routing). Returns the converged runtime, or
 /// `SERVICE_START_FAILED` / `PORT_IN_USE`.
 pub async fn start(_ctx: &Context, service: &ServiceDef) -> Result<Runtime> {
-    Err(Error::internal(format!("start {}: supervisor not built yet", service.id)))
+    Err(Error::internal(format!(
+        "start {}: supervisor not built yet",
+        service.id
+    )))
 }
 
 /// Stop (managed: SIGTERM then SIGKILL of the process group; external: withdraw from routing).
 pub async fn stop(_ctx: &Context, service: &ServiceDef) -> Result<Runtime> {
-    Err(Error::internal(format!("stop {}: supervisor not built yet", service.id)))
+    Err(Error::internal(format!(
+        "stop {}: supervisor not built yet",
+        service.id
+    )))
 }
 
 /// Restart, optionally after notifying connected clients and waiting `grace_seconds`.
@@ -24,5 +30,8 @@ pub async fn restart(
     _grace_seconds: Option<u32>,
     _message: String,
 ) -> Result<Runtime> {
-    Err(Error::internal(format!("restart {}: supervisor not built yet", service.id)))
+    Err(Error::internal(format!(
+        "restart {}: supervisor not built yet",
+        service.id
+    )))
 }
