@@ -29,10 +29,11 @@ use crate::admin::{self, AdminState};
 use crate::auth::AuthLayer;
 use crate::config::{Cli, Settings};
 use crate::context::Context;
+use crate::election;
 use crate::error::{Error, Result};
 use crate::grpc;
 use crate::metrics::{GrpcMetricsLayer, MeteredStore, Metrics};
-use crate::store::build_store;
+use crate::store::{build_store, StoreConfig};
 
 /// How long in-flight gRPC calls and streams may take to finish after shutdown begins.
 pub const GRPC_DRAIN: Duration = Duration::from_secs(10);
@@ -49,8 +50,10 @@ pub struct Bound {
     settings: Settings,
     grpc_listener: TcpListener,
     admin_listener: TcpListener,
-    /// Leadership signal. Embedded: always leader (one replica owns the file).
-    _leader_tx: watch::Sender<bool>,
+    /// Leadership signal behind `ctx.is_leader`.
+    leader_tx: watch::Sender<bool>,
+    /// Whether to run leader election (etcd) or lead unconditionally (embedded).
+    elect: bool,
 }
 
 /// Opens the store and binds both listeners. Configuration problems are `INVALID_REQUEST`
@@ -75,9 +78,10 @@ pub async fn bind(cli: Cli) -> Result<Bound> {
         })?;
     let grpc_addr = grpc_listener.local_addr().map_err(Error::internal)?;
     let admin_addr = admin_listener.local_addr().map_err(Error::internal)?;
-    // Until leader election over the store lands, this replica leads (correct for embedded,
-    // which one process owns).
-    let (leader_tx, is_leader) = watch::channel(true);
+    // Embedded: the one process that owns the file leads. etcd: `run` starts the election and
+    // forwards its verdict into this channel.
+    let elect = matches!(settings.store, StoreConfig::Etcd { .. });
+    let (leader_tx, is_leader) = watch::channel(!elect);
     let ctx = Context {
         store,
         replica_id: Arc::from(settings.replica_id.as_str()),
@@ -100,7 +104,8 @@ pub async fn bind(cli: Cli) -> Result<Bound> {
         settings,
         grpc_listener,
         admin_listener,
-        _leader_tx: leader_tx,
+        leader_tx,
+        elect,
     })
 }
 
@@ -123,7 +128,8 @@ impl Bound {
             settings,
             grpc_listener,
             admin_listener,
-            _leader_tx,
+            leader_tx,
+            elect,
         } = self;
         // Background work watches the context's token; it fires when the caller's does, but
         // only after the gRPC listener has drained (ordered shutdown).
@@ -140,6 +146,11 @@ impl Bound {
         health.set_service_status("", ServingStatus::Serving).await;
         routes.add_service(health_service);
         add_reflection(&mut routes)?;
+
+        // The election outlives the background loops: a leader steps down (revoking its lease,
+        // so a successor takes over at once) only after its singleton loops have stopped.
+        let election_stop = CancellationToken::new();
+        let election = elect.then(|| start_election(&ctx, leader_tx, election_stop.clone()));
 
         let tracker = TaskTracker::new();
         spawn_background(&ctx, &tracker);
@@ -227,7 +238,12 @@ impl Bound {
         {
             warn!("background tasks did not stop within {BACKGROUND_DRAIN:?}");
         }
-        // 4. Admin port last.
+        // 4. Leadership.
+        election_stop.cancel();
+        if let Some(task) = election {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+        // 5. Admin port last.
         admin_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
         info!("control plane stopped");
@@ -243,6 +259,36 @@ fn join_msg<T, E: std::fmt::Display>(
         Ok(Err(e)) => e.to_string(),
         Err(e) => e.to_string(),
     }
+}
+
+/// Campaigns for leadership and mirrors the result into `leader_tx` (`ctx.is_leader`).
+fn start_election(
+    ctx: &Context,
+    leader_tx: watch::Sender<bool>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let (mut rx, task) = election::spawn(
+        ctx.store.clone(),
+        ctx.replica_id.clone(),
+        election::DEFAULT_TTL,
+        stop,
+    );
+    let replica = ctx.replica_id.clone();
+    tokio::spawn(async move {
+        let forward = async {
+            loop {
+                let leading = *rx.borrow_and_update();
+                if leader_tx.send_replace(leading) != leading {
+                    info!(replica = %replica, leader = leading, "leadership changed");
+                }
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::join!(forward, task);
+        leader_tx.send_replace(false);
+    })
 }
 
 /// EXTENSION POINT — every gRPC service of the control plane, one `add_service` each. Returns

@@ -16,9 +16,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clap::Parser;
 use myagent_proto::v1::routing_rules_client::RoutingRulesClient;
 use myagent_proto::v1::service_registry_client::ServiceRegistryClient;
-use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;

@@ -217,11 +217,8 @@ pub async fn build_store(config: &StoreConfig) -> Result<StoreRef> {
             endpoints,
             prefix,
             request_timeout,
-        } => {
-            etcd::EtcdStore::connect(endpoints, prefix, *request_timeout).await?;
-            Err(crate::Error::StoreUnavailable(
-                "etcd backend not built yet".into(),
-            ))
-        }
+        } => Ok(Arc::new(
+            etcd::EtcdStore::connect(endpoints, prefix, *request_timeout).await?,
+        )),
     }
 }
