@@ -1,6 +1,8 @@
 //! tonic handlers: convert protobuf <-> domain at the edge, call the domain layer, convert back.
 
 pub mod convert;
+pub mod health;
+pub mod logs;
 pub mod registry;
 pub mod rules;
 

@@ -432,8 +432,17 @@ async fn expiry_loop(shared: Weak<Shared>, stop: CancellationToken) {
         let Some(strong) = shared.upgrade() else {
             return;
         };
+        // Checking deadlines is a cheap in-memory scan; only expiries need the blocking pool.
+        let expired = match strong.expired_leases() {
+            Ok(ids) if ids.is_empty() => continue,
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "lease expiry check failed");
+                continue;
+            }
+        };
         let result = tokio::task::spawn_blocking(move || -> Result<()> {
-            for id in strong.expired_leases()? {
+            for id in expired {
                 if strong.drop_lease(id)? {
                     tracing::debug!(lease = id, "lease expired");
                 }

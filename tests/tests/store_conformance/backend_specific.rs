@@ -121,9 +121,15 @@ async fn embedded_lagging_watcher_ends_with_compacted() {
     let s = open(dir.path());
     let mut w = s.watch("x/", 0).await.unwrap();
     // Never read while writing more batches than a watcher may buffer.
+    let started = std::time::Instant::now();
     for i in 0..1100 {
         s.put(&format!("x/{i}"), vec![], None).await.unwrap();
     }
+    let took = started.elapsed();
+    println!(
+        "1100 durable embedded puts: {took:?} ({:?} each)",
+        took / 1100
+    );
     let mut seen = 0usize;
     loop {
         match tokio::time::timeout(Duration::from_secs(10), w.next())
@@ -260,4 +266,39 @@ async fn etcd_hung_answers_unavailable_within_timeout() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_store_constructs_both_backends() {
+    use myagent_control_plane::store::{build_store, StoreConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = build_store(&StoreConfig::Embedded {
+        data_dir: dir.path().join("nested/data"),
+    })
+    .await
+    .unwrap();
+    assert_eq!(embedded.backend(), "embedded");
+    embedded.put("k", b"1".to_vec(), None).await.unwrap();
+    assert!(dir.path().join("nested/data/store.redb").is_file());
+
+    let etcd = myagent_tests::etcd::Etcd::shared();
+    let store = build_store(&StoreConfig::Etcd {
+        endpoints: vec![etcd.endpoint()],
+        prefix: format!("/build-{}/", uuid::Uuid::new_v4()),
+        request_timeout: Duration::from_secs(2),
+    })
+    .await
+    .unwrap();
+    assert_eq!(store.backend(), "etcd");
+    store.ping().await.unwrap();
+
+    let err = build_store(&StoreConfig::Etcd {
+        endpoints: vec![],
+        prefix: "/x/".into(),
+        request_timeout: Duration::from_secs(1),
+    })
+    .await
+    .err()
+    .expect("no endpoints is a config error");
+    assert_eq!(err.code(), "INVALID_REQUEST");
 }

@@ -143,3 +143,51 @@ impl Hub {
         Ok(futures::stream::iter(replay).chain(live).boxed())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::KeyValue;
+
+    fn put(key: &str, rev: Revision) -> WatchEvent {
+        WatchEvent::Put(KeyValue {
+            key: key.into(),
+            value: vec![],
+            create_revision: rev,
+            mod_revision: rev,
+            lease: 0,
+        })
+    }
+
+    #[tokio::test]
+    async fn history_is_bounded_and_old_starts_are_compacted() {
+        let mut hub = Hub::new(0);
+        let per_batch = 1000;
+        for rev in 1..=12 {
+            hub.publish(
+                rev,
+                (0..per_batch).map(|i| put(&format!("k{i}"), rev)).collect(),
+            );
+        }
+        assert!(hub.history_events <= MAX_HISTORY_EVENTS);
+        assert!(matches!(
+            hub.subscribe("", 1, 12),
+            Err(Error::Compacted { requested: 1, .. })
+        ));
+        let oldest = hub.oldest;
+        let mut w = hub.subscribe("k1", oldest, 12).unwrap();
+        let first = w.next().await.unwrap().unwrap();
+        assert!(first
+            .iter()
+            .all(|e| e.key().starts_with("k1") && e.revision() == oldest));
+    }
+
+    #[tokio::test]
+    async fn closed_watchers_are_dropped() {
+        let mut hub = Hub::new(0);
+        let w = hub.subscribe("", 0, 0).unwrap();
+        drop(w);
+        hub.publish(1, vec![put("a", 1)]);
+        assert!(hub.watchers.is_empty());
+    }
+}
