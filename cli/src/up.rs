@@ -88,7 +88,10 @@ fn parse<C: Parser>(what: &str, args: Vec<String>) -> Result<C> {
 pub async fn run(a: &UpArgs) -> Result<()> {
     std::fs::create_dir_all(&a.data_dir)
         .map_err(|e| Error::Usage(format!("--data-dir {}: {e}", a.data_dir.display())))?;
-    let data_dir = a.data_dir.canonicalize().unwrap_or_else(|_| a.data_dir.clone());
+    let data_dir = a
+        .data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| a.data_dir.clone());
 
     // Control plane on the embedded store.
     let mut cp_args = vec![
@@ -103,10 +106,12 @@ pub async fn run(a: &UpArgs) -> Result<()> {
     }
     let cp_cli: myagent_control_plane::Cli = parse("control plane", cp_args)?;
     let token = first_token(&cp_cli)?;
-    let cp = myagent_control_plane::bind(cp_cli).await.map_err(|e| match e.code() {
-        "INVALID_REQUEST" => Error::Usage(format!("control plane: {e}")),
-        _ => Error::Stack(format!("control plane: {e}")),
-    })?;
+    let cp = myagent_control_plane::bind(cp_cli)
+        .await
+        .map_err(|e| match e.code() {
+            "INVALID_REQUEST" => Error::Usage(format!("control plane: {e}")),
+            _ => Error::Stack(format!("control plane: {e}")),
+        })?;
     let grpc_url = format!("http://{}", dial(cp.grpc_addr));
 
     // Proxy, fed by the control plane above.
@@ -147,7 +152,11 @@ pub async fn run(a: &UpArgs) -> Result<()> {
         control_plane_admin: format!("http://{}", cp.admin_addr),
         proxy_admin: format!("http://{}", proxy.admin_addr),
     };
-    if token.is_none() && [proxy.listen_addr, gateway.listen_addr].iter().any(|a| !a.ip().is_loopback()) {
+    if token.is_none()
+        && [proxy.listen_addr, gateway.listen_addr]
+            .iter()
+            .any(|a| !a.ip().is_loopback())
+    {
         tracing::warn!(
             "NO AUTHENTICATION: the stack listens beyond loopback without tokens; \
              set --auth-token-file to require `authorization: Bearer`"
@@ -165,7 +174,11 @@ pub async fn run(a: &UpArgs) -> Result<()> {
         edge.spawn(async move { gateway.run(t).await.map_err(|e| format!("gateway: {e}")) });
     }
     let core_token = core_stop.clone();
-    let mut core = tokio::spawn(async move { cp.run(core_token).await.map_err(|e| format!("control plane: {e}")) });
+    let mut core = tokio::spawn(async move {
+        cp.run(core_token)
+            .await
+            .map_err(|e| format!("control plane: {e}"))
+    });
 
     // Printed only once every listener is bound: harnesses may connect as soon as they read it.
     {
@@ -222,7 +235,9 @@ pub async fn run(a: &UpArgs) -> Result<()> {
     }
 }
 
-fn component_end(done: std::result::Result<std::result::Result<(), String>, tokio::task::JoinError>) -> String {
+fn component_end(
+    done: std::result::Result<std::result::Result<(), String>, tokio::task::JoinError>,
+) -> String {
     match done {
         Ok(Ok(())) => "a component stopped unexpectedly".into(),
         Ok(Err(e)) => e,

@@ -44,7 +44,9 @@ pub fn up_with(extra: &[&str]) -> Stack {
 /// As [`up_with`], keeping state in `data_dir` (default: a fresh scratch directory).
 pub fn up_in(data_dir: Option<&Path>, extra: &[&str]) -> Stack {
     let dir = tempfile::tempdir().expect("tempdir");
-    let data_dir = data_dir.map(Path::to_path_buf).unwrap_or_else(|| dir.path().join("data"));
+    let data_dir = data_dir
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.path().join("data"));
     let mut cmd = clean_command();
     cmd.args([
         "up",
@@ -157,7 +159,10 @@ impl Stack {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("myagent-manager up did not exit within 30 s of SIGTERM\nstderr:\n{}", self.stderr());
+                panic!(
+                    "myagent-manager up did not exit within 30 s of SIGTERM\nstderr:\n{}",
+                    self.stderr()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -202,7 +207,12 @@ impl Run {
     /// Asserts exit status 0 and returns self.
     #[track_caller]
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, Some(0), "`myagent-manager {}` failed:\n{self}", self.args.join(" "));
+        assert_eq!(
+            self.code,
+            Some(0),
+            "`myagent-manager {}` failed:\n{self}",
+            self.args.join(" ")
+        );
         self
     }
 
@@ -225,14 +235,22 @@ impl Run {
     /// stdout parsed as JSON.
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout of `{}` is not JSON ({e}):\n{self}", self.args.join(" ")))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout of `{}` is not JSON ({e}):\n{self}",
+                self.args.join(" ")
+            )
+        })
     }
 }
 
 impl std::fmt::Display for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {:?}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -257,7 +275,9 @@ pub fn run_in(dir: &Path, server: &str, args: &[&str]) -> Run {
 }
 
 fn run_command(mut cmd: Command, args: &[&str]) -> Run {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn myagent-manager");
     let out = Arc::new(Mutex::new(String::new()));
     let err = Arc::new(Mutex::new(String::new()));
@@ -271,7 +291,10 @@ fn run_command(mut cmd: Command, args: &[&str]) -> Run {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("`myagent-manager {}` did not finish within 60 s", args.join(" "));
+            panic!(
+                "`myagent-manager {}` did not finish within 60 s",
+                args.join(" ")
+            );
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -287,13 +310,19 @@ fn run_command(mut cmd: Command, args: &[&str]) -> Run {
     }
 }
 
-fn collect<R: Read + Send + 'static>(mut r: R, into: Arc<Mutex<String>>) -> std::thread::JoinHandle<()> {
+fn collect<R: Read + Send + 'static>(
+    mut r: R,
+    into: Arc<Mutex<String>>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = [0u8; 8192];
         loop {
             match r.read(&mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => into.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n])),
+                Ok(n) => into
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
             }
         }
     })
@@ -305,7 +334,8 @@ pub fn install_echo_agent(dir: &Path, name: &str) -> PathBuf {
     let agents = dir.join("agents");
     std::fs::create_dir_all(&agents).expect("mkdir agents");
     let dst = agents.join(name);
-    std::fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copy {} -> {}: {e}", src.display(), dst.display()));
+    std::fs::copy(&src, &dst)
+        .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", src.display(), dst.display()));
     dst
 }
 

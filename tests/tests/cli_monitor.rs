@@ -15,7 +15,10 @@ struct Tmux {
 impl Tmux {
     fn start(name: &str, command: &str) -> Tmux {
         assert!(
-            Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success()),
+            Command::new("tmux")
+                .arg("-V")
+                .output()
+                .is_ok_and(|o| o.status.success()),
             "tmux is required for the monitor test (apt-get install -y tmux; tests/run.sh does)"
         );
         let t = Tmux {
@@ -24,7 +27,17 @@ impl Tmux {
         };
         let st = t
             .cmd()
-            .args(["new-session", "-d", "-s", &t.session, "-x", "180", "-y", "45", command])
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &t.session,
+                "-x",
+                "180",
+                "-y",
+                "45",
+                command,
+            ])
             .status()
             .expect("tmux new-session");
         assert!(st.success(), "tmux new-session failed");
@@ -38,12 +51,20 @@ impl Tmux {
     }
 
     fn screen(&self) -> String {
-        let out = self.cmd().args(["capture-pane", "-p", "-t", &self.session]).output().expect("capture-pane");
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .expect("capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn keys(&self, keys: &str) {
-        let st = self.cmd().args(["send-keys", "-t", &self.session, keys]).status().expect("send-keys");
+        let st = self
+            .cmd()
+            .args(["send-keys", "-t", &self.session, keys])
+            .status()
+            .expect("send-keys");
         assert!(st.success());
     }
 
@@ -55,7 +76,10 @@ impl Tmux {
             if check(&s) {
                 return s;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}; screen:\n{s}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; screen:\n{s}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -91,14 +115,20 @@ fn monitor_command(stack: &cli::Stack, extra: &str) -> String {
 #[test]
 fn monitor_shows_services_redraws_on_change_and_quits_on_q() {
     let stack = cli::up();
-    stack.cli(&["register", "mon-agent", "--port", "9", "--tags", "mon"]).ok();
+    stack
+        .cli(&["register", "mon-agent", "--port", "9", "--tags", "mon"])
+        .ok();
 
     let tmux = Tmux::start("monitor", &monitor_command(&stack, ""));
-    let screen = tmux.wait_for("the monitor to show mon-agent", Duration::from_secs(20), |s| {
-        row(s, "mon-agent").is_some()
-    });
+    let screen = tmux.wait_for(
+        "the monitor to show mon-agent",
+        Duration::from_secs(20),
+        |s| row(s, "mon-agent").is_some(),
+    );
     assert!(screen.contains("myagent monitor"), "{screen}");
-    for col in ["NAME", "STATUS", "HEALTH", "CONNS", "SESSIONS", "MSG/S", "CPU %", "MEM MB"] {
+    for col in [
+        "NAME", "STATUS", "HEALTH", "CONNS", "SESSIONS", "MSG/S", "CPU %", "MEM MB",
+    ] {
         assert!(screen.contains(col), "column {col} missing:\n{screen}");
     }
     let cells = row(&screen, "mon-agent").unwrap();
@@ -107,22 +137,40 @@ fn monitor_shows_services_redraws_on_change_and_quits_on_q() {
 
     // A change made elsewhere shows up without touching the monitor.
     stack.cli(&["register", "mon-second", "--port", "10"]).ok();
-    let screen = tmux.wait_for("mon-second to appear", Duration::from_secs(10), |s| row(s, "mon-second").is_some());
+    let screen = tmux.wait_for("mon-second to appear", Duration::from_secs(10), |s| {
+        row(s, "mon-second").is_some()
+    });
     assert!(screen.contains("services 2 total"), "{screen}");
     stack.cli(&["remove", "mon-agent"]).ok();
-    tmux.wait_for("mon-agent to disappear", Duration::from_secs(10), |s| row(s, "mon-agent").is_none());
+    tmux.wait_for("mon-agent to disappear", Duration::from_secs(10), |s| {
+        row(s, "mon-agent").is_none()
+    });
 
     // q quits, the exit status is 0 and the normal screen is back.
     tmux.keys("q");
-    let screen = tmux.wait_for("the monitor to exit", Duration::from_secs(10), |s| s.contains("monitor-exit="));
+    let screen = tmux.wait_for("the monitor to exit", Duration::from_secs(10), |s| {
+        s.contains("monitor-exit=")
+    });
     assert!(screen.contains("monitor-exit=0"), "{screen}");
-    assert!(!screen.contains("myagent monitor"), "terminal not restored:\n{screen}");
+    assert!(
+        !screen.contains("myagent monitor"),
+        "terminal not restored:\n{screen}"
+    );
 }
 
 #[test]
 fn monitor_for_one_service_survives_the_server_going_away_and_quits_on_ctrl_c() {
     let mut stack = cli::up();
-    stack.cli(&["register", "solo", "--port", "9", "--description", "one service"]).ok();
+    stack
+        .cli(&[
+            "register",
+            "solo",
+            "--port",
+            "9",
+            "--description",
+            "one service",
+        ])
+        .ok();
     let tmux = Tmux::start("solo", &monitor_command(&stack, "--service solo"));
     let screen = tmux.wait_for("details of solo", Duration::from_secs(20), |s| {
         row(s, "solo").is_some() && s.contains("Details")
@@ -131,9 +179,13 @@ fn monitor_for_one_service_survives_the_server_going_away_and_quits_on_ctrl_c() 
 
     // The control plane goes away: the monitor stays up and says why.
     stack.terminate();
-    tmux.wait_for("an error line", Duration::from_secs(20), |s| s.contains("error:"));
+    tmux.wait_for("an error line", Duration::from_secs(20), |s| {
+        s.contains("error:")
+    });
     tmux.keys("C-c");
-    let screen = tmux.wait_for("the monitor to exit", Duration::from_secs(10), |s| s.contains("monitor-exit="));
+    let screen = tmux.wait_for("the monitor to exit", Duration::from_secs(10), |s| {
+        s.contains("monitor-exit=")
+    });
     assert!(screen.contains("monitor-exit=0"), "{screen}");
 }
 
