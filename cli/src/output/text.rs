@@ -127,7 +127,7 @@ pub fn service(s: &pb::Service) -> String {
             )
             .add("proxy_metadata", o(c.proxy_metadata.map(|v| v.to_string())))
             .add("weight", o(c.weight.map(|v| v.to_string())));
-        if let Some(wd) = &c.working_dir {
+        if let Some(wd) = c.working_dir.as_ref().filter(|w| !w.is_empty()) {
             f.add("working_dir", wd);
         }
         if let Some(a) = c.args.as_ref().filter(|a| !a.items.is_empty()) {
@@ -554,7 +554,11 @@ ext            stopped  -        ws://10.0.0.2:9000   -                    0    
             limit: 1,
             offset: 1,
         };
-        assert!(list(&r).ends_with("\nShowing 2-2 of 3 (next: --offset 2)\n"), "{}", list(&r));
+        assert!(
+            list(&r).ends_with("\nShowing 2-2 of 3 (next: --offset 2)\n"),
+            "{}",
+            list(&r)
+        );
     }
 
     #[test]
