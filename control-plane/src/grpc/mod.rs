@@ -1,1 +1,4 @@
 //! tonic handlers: convert protobuf <-> domain at the edge, call the domain layer, convert back.
+
+pub mod connections;
+pub mod proxy;
