@@ -35,7 +35,10 @@ pub struct KeyValue {
 pub enum WatchEvent {
     Put(KeyValue),
     /// Relative key and the revision of the deletion.
-    Delete { key: String, mod_revision: Revision },
+    Delete {
+        key: String,
+        mod_revision: Revision,
+    },
 }
 
 impl WatchEvent {
@@ -148,6 +151,13 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the lease and every key attached to it.
     async fn revoke_lease(&self, lease: LeaseId) -> Result<()>;
 
+    /// Forgets history before `revision`: a later watch from an older revision fails with
+    /// `Error::Compacted`. Used by tests and maintenance; backends without history may no-op.
+    async fn compact(&self, revision: Revision) -> Result<()> {
+        let _ = revision;
+        Ok(())
+    }
+
     /// Whether the backend answers now (used by `/readyz`).
     async fn ping(&self) -> Result<()> {
         self.revision().await.map(|_| ())
@@ -199,19 +209,16 @@ pub enum StoreConfig {
 
 /// The only place that matches on the backend.
 pub async fn build_store(config: &StoreConfig) -> Result<StoreRef> {
-    // Placeholder until the backends land (issue 2): both constructors fail.
     match config {
         StoreConfig::Embedded { data_dir } => {
-            embedded::EmbeddedStore::open(data_dir)?;
-            Err(crate::Error::internal("embedded store not built yet"))
+            Ok(Arc::new(embedded::EmbeddedStore::open(data_dir)?))
         }
         StoreConfig::Etcd {
             endpoints,
             prefix,
             request_timeout,
-        } => {
-            etcd::EtcdStore::connect(endpoints, prefix, *request_timeout).await?;
-            Err(crate::Error::internal("etcd store not built yet"))
-        }
+        } => Ok(Arc::new(
+            etcd::EtcdStore::connect(endpoints, prefix, *request_timeout).await?,
+        )),
     }
 }
