@@ -316,7 +316,7 @@ async fn push_config(hub: &Hub, node: &LocalNode, first: bool) -> bool {
             }
             st.hold_until = None;
         }
-        (st.sent_version, st.needs_full || st.sent_version == 0)
+        (st.sent_version, st.needs_full)
     };
     let Some(push) = build_push(hub, base, full, first) else {
         return true;
@@ -425,7 +425,7 @@ fn on_ack(hub: &Hub, node: &LocalNode, ack: pb::Ack) {
             return;
         }
         st.inflight.retain(|(_, v, _)| *v > version);
-        if ack.version > st.record.acked_version {
+        if ack.version >= st.record.acked_version {
             st.record.acked_version = ack.version;
             st.record.acked_at = Some(Utc::now());
             // Current with everything we have seen: the config is the store's as of `processed`.

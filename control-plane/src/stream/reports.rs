@@ -287,36 +287,81 @@ pub(crate) async fn flush_reports(hub: &Hub) {
     }
     conn_ops.extend(deletes.iter().map(|k| TxnOp::delete(k.clone())));
     let sessions = super::sessions::prepare(hub, &events).await;
-    let mut ops = conn_ops.clone();
-    ops.extend(sessions.ops.iter().cloned());
+    let limit = txn_ops(hub);
     let started = Instant::now();
-    let result = write_ops(hub, sessions.compares.clone(), ops).await;
-    match result {
-        Ok(Some(rev)) => {
-            for service_id in &sessions.created {
-                count_created(hub, service_id);
+    let all_fit = conn_ops.len() + 2 * sessions.len() <= limit;
+    if all_fit {
+        // The common case: everything in one transaction.
+        let mut ops = conn_ops.clone();
+        ops.extend(sessions.iter().map(|p| p.op.clone()));
+        let compares = sessions.iter().map(|p| p.compare.clone()).collect();
+        match write_ops(hub, compares, ops).await {
+            Ok(Some(rev)) => sessions_written(hub, sessions, rev),
+            Ok(None) => {
+                // A session changed under us (another replica): connections alone, then each
+                // session with a fresh read.
+                if let Err(e) = write_ops(hub, Vec::new(), conn_ops).await {
+                    warn!(error = %e, "writing connection records failed; will retry");
+                    requeue(hub, conns, deletes, Vec::new());
+                }
+                super::sessions::write_one_by_one(hub, &events).await;
             }
-            remember_sessions(hub, sessions.records, rev);
-        }
-        Ok(None) => {
-            // A session changed under us (another replica): write connections alone, then
-            // each session with a fresh read.
-            if let Err(e) = write_ops(hub, Vec::new(), conn_ops).await {
-                requeue(hub, conns, deletes, Vec::new());
-                warn!(error = %e, "writing connection records failed; will retry");
+            Err(e) => {
+                warn!(error = %e, "writing reports failed; will retry");
+                requeue(hub, conns, deletes, events);
+                return;
             }
-            super::sessions::write_one_by_one(hub, &events).await;
         }
-        Err(e) => {
-            warn!(error = %e, "writing reports failed; will retry");
+    } else {
+        if let Err(e) = write_ops(hub, Vec::new(), conn_ops).await {
+            warn!(error = %e, "writing connection records failed; will retry");
             requeue(hub, conns, deletes, events);
             return;
+        }
+        let mut rest = sessions;
+        while !rest.is_empty() {
+            let tail = rest.split_off(rest.len().min((limit / 2).max(1)));
+            let chunk = std::mem::replace(&mut rest, tail);
+            let ids: HashSet<String> = chunk.iter().map(|p| p.record.session_id.clone()).collect();
+            let compares = chunk.iter().map(|p| p.compare.clone()).collect();
+            let ops = chunk.iter().map(|p| p.op.clone()).collect();
+            match write_ops(hub, compares, ops).await {
+                Ok(Some(rev)) => sessions_written(hub, chunk, rev),
+                Ok(None) => {
+                    let evs: Vec<SessionEventIn> = events
+                        .iter()
+                        .filter(|e| ids.contains(&e.session_id))
+                        .cloned()
+                        .collect();
+                    super::sessions::write_one_by_one(hub, &evs).await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "writing session records failed; will retry");
+                    let evs: Vec<SessionEventIn> = events
+                        .iter()
+                        .filter(|e| ids.contains(&e.session_id))
+                        .cloned()
+                        .collect();
+                    requeue(hub, HashMap::new(), HashSet::new(), evs);
+                }
+            }
         }
     }
     debug!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "reports flushed"
     );
+}
+
+fn sessions_written(hub: &Hub, written: Vec<super::sessions::Prepared>, rev: Revision) {
+    let mut records = Vec::with_capacity(written.len());
+    for p in written {
+        if p.created {
+            count_created(hub, &p.record.service_id);
+        }
+        records.push(p.record);
+    }
+    remember_sessions(hub, records, rev);
 }
 
 fn remember_sessions(hub: &Hub, records: Vec<SessionRecord>, rev: Revision) {

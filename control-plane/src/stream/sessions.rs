@@ -177,13 +177,13 @@ async fn put_op(hub: &Hub, pool: &mut LeasePool, r: &SessionRecord) -> Option<Tx
     })
 }
 
-#[derive(Default)]
+/// One session's guarded write.
 pub(crate) struct Prepared {
-    pub compares: Vec<Compare>,
-    pub ops: Vec<TxnOp>,
-    pub records: Vec<SessionRecord>,
-    /// Service ids of sessions these writes create.
-    pub created: Vec<String>,
+    pub compare: Compare,
+    pub op: TxnOp,
+    pub record: SessionRecord,
+    /// The write creates the session (counted in `sessions_created` once written).
+    pub created: bool,
 }
 
 fn group(events: &[SessionEventIn]) -> Vec<(String, Vec<&SessionEventIn>)> {
@@ -230,8 +230,8 @@ fn fold(
 }
 
 /// Builds the guarded writes for a batch of session events.
-pub(crate) async fn prepare(hub: &Hub, events: &[SessionEventIn]) -> Prepared {
-    let mut out = Prepared::default();
+pub(crate) async fn prepare(hub: &Hub, events: &[SessionEventIn]) -> Vec<Prepared> {
+    let mut out = Vec::new();
     let mut pool = LeasePool::new();
     for (id, evs) in group(events) {
         let base = super::reports::session_base(hub, &id);
@@ -241,13 +241,12 @@ pub(crate) async fn prepare(hub: &Hub, events: &[SessionEventIn]) -> Prepared {
         let Some(op) = put_op(hub, &mut pool, &rec).await else {
             continue;
         };
-        out.compares
-            .push(Compare::ModRevision(keys::session(&id), base_rev));
-        out.ops.push(op);
-        if created {
-            out.created.push(rec.service_id.clone());
-        }
-        out.records.push(rec);
+        out.push(Prepared {
+            compare: Compare::ModRevision(keys::session(&id), base_rev),
+            op,
+            record: rec,
+            created,
+        });
     }
     out
 }
