@@ -94,14 +94,14 @@ impl Error {
             Error::ServiceNotFound(_) | Error::ConnectionNotFound(_) | Error::RuleNotFound(_) => {
                 Code::NotFound
             }
-            Error::ServiceAlreadyExists(_) | Error::RuleAlreadyExists(_) | Error::PortInUse { .. } => {
-                Code::AlreadyExists
-            }
+            Error::ServiceAlreadyExists(_)
+            | Error::RuleAlreadyExists(_)
+            | Error::PortInUse { .. } => Code::AlreadyExists,
             Error::ServiceStartFailed { .. } => Code::FailedPrecondition,
             Error::InsufficientResources(_) => Code::ResourceExhausted,
-            Error::RoutingFailed(_) | Error::HealthCheckFailed { .. } | Error::StoreUnavailable(_) => {
-                Code::Unavailable
-            }
+            Error::RoutingFailed(_)
+            | Error::HealthCheckFailed { .. }
+            | Error::StoreUnavailable(_) => Code::Unavailable,
             Error::Unauthorized(_) => Code::Unauthenticated,
             Error::Compacted { .. } | Error::Internal(_) => Code::Internal,
         }

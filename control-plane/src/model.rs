@@ -54,6 +54,9 @@ pub struct RestartRequest {
     pub grace_seconds: u32,
     #[serde(default)]
     pub message: String,
+    /// A start request: launch when not running, never restart a running process.
+    #[serde(default)]
+    pub start_only: bool,
 }
 
 /// Effective per-service configuration (every field has a value; defaults in `Default`).
@@ -174,6 +177,12 @@ pub struct Runtime {
     /// Id of the last restart request handled.
     #[serde(default)]
     pub handled_restart: Option<String>,
+    /// A planned stop/restart is draining connections (proxies move them before SIGTERM).
+    #[serde(default)]
+    pub draining: bool,
+    /// Error code of the last failure (`SERVICE_START_FAILED`, `PORT_IN_USE`), when status is `error`.
+    #[serde(default)]
+    pub error_code: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -194,6 +203,8 @@ impl Runtime {
             memory_mb: 0.0,
             cpu_percent: 0.0,
             handled_restart: None,
+            draining: false,
+            error_code: None,
             updated_at: now,
         }
     }

@@ -6,7 +6,8 @@ pub mod v1 {
     tonic::include_proto!("myagent.v1");
 
     /// Encoded `FileDescriptorSet` of every `myagent.v1` file, for tonic-reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("myagent_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("myagent_descriptor");
 }
 
 pub use prost_types::Timestamp;

@@ -1,0 +1,194 @@
+//! gRPC `Logs` service (seed §1.6): query, search and follow (a server stream).
+//!
+//! Logs are read from this replica's disk (see `crate::logs`): ask the leader.
+
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use myagent_proto::v1 as pb;
+use tokio::sync::broadcast::error::RecvError;
+use tonic::{Request, Response, Status};
+
+use super::health::{find_service, timestamp};
+use crate::context::Context;
+use crate::error::Error;
+use crate::logs::{Level, LogEntry, LogHub, LogQuery};
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 10_000;
+pub const DEFAULT_SEARCH_LIMIT: usize = 50;
+/// Follow: live entries buffered per stream before the slow reader is told it lagged.
+const FOLLOW_BUFFER: usize = 256;
+
+pub struct LogsService {
+    ctx: Context,
+    logs: LogHub,
+}
+
+impl LogsService {
+    pub fn new(ctx: Context, logs: LogHub) -> Self {
+        LogsService { ctx, logs }
+    }
+
+    pub fn into_server(self) -> pb::logs_server::LogsServer<Self> {
+        pb::logs_server::LogsServer::new(self)
+    }
+}
+
+fn to_pb(e: &LogEntry) -> pb::LogEntry {
+    pb::LogEntry {
+        timestamp: Some(timestamp(e.timestamp)),
+        level: e.level.as_str().to_string(),
+        source: e.source.as_str().to_string(),
+        message: e.message.clone(),
+        service_id: e.service_id.clone(),
+        service_name: e.service_name.clone(),
+    }
+}
+
+fn parse_level(s: &str) -> Result<Option<Level>, Error> {
+    if s.trim().is_empty() {
+        return Ok(None);
+    }
+    Level::parse(s)
+        .map(Some)
+        .ok_or_else(|| Error::invalid("level", "level must be one of debug, info, warn, error"))
+}
+
+fn parse_limit(n: u32, default: usize) -> Result<usize, Error> {
+    match n as usize {
+        0 => Ok(default),
+        n if n > MAX_LIMIT => Err(Error::invalid(
+            "limit",
+            format!("limit must be 1-{MAX_LIMIT}"),
+        )),
+        n => Ok(n),
+    }
+}
+
+fn since(ts: Option<prost_types::Timestamp>) -> Result<Option<DateTime<Utc>>, Error> {
+    match ts {
+        None => Ok(None),
+        Some(t) => DateTime::from_timestamp(t.seconds, t.nanos.max(0) as u32)
+            .map(Some)
+            .ok_or_else(|| Error::invalid("since", "since is out of range")),
+    }
+}
+
+type FollowStream = Pin<Box<dyn Stream<Item = Result<pb::LogEntry, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::logs_server::Logs for LogsService {
+    async fn get_logs(
+        &self,
+        req: Request<pb::GetLogsRequest>,
+    ) -> Result<Response<pb::GetLogsResponse>, Status> {
+        let req = req.into_inner();
+        let q = LogQuery {
+            min_level: parse_level(&req.level)?,
+            since: since(req.since)?,
+            limit: parse_limit(req.limit, DEFAULT_LIMIT)?,
+        };
+        let def = find_service(&self.ctx, &req.service).await?;
+        let (entries, total) = self.logs.query(&def.id, q).await?;
+        Ok(Response::new(pb::GetLogsResponse {
+            service_id: def.id,
+            logs: entries.iter().map(to_pb).collect(),
+            total,
+        }))
+    }
+
+    async fn search_logs(
+        &self,
+        req: Request<pb::SearchLogsRequest>,
+    ) -> Result<Response<pb::SearchLogsResponse>, Status> {
+        let req = req.into_inner();
+        if req.query.trim().is_empty() {
+            return Err(Error::invalid("query", "query is required").into());
+        }
+        let level = parse_level(&req.level)?;
+        let limit = parse_limit(req.limit, DEFAULT_SEARCH_LIMIT)?;
+        let service_id = if req.service.trim().is_empty() {
+            None
+        } else {
+            Some(find_service(&self.ctx, &req.service).await?.id)
+        };
+        let (hits, total) = self
+            .logs
+            .search(&req.query, service_id.as_deref(), level, limit)
+            .await?;
+        Ok(Response::new(pb::SearchLogsResponse {
+            query: req.query,
+            results: hits.iter().map(to_pb).collect(),
+            total,
+        }))
+    }
+
+    type FollowLogsStream = FollowStream;
+
+    async fn follow_logs(
+        &self,
+        req: Request<pb::FollowLogsRequest>,
+    ) -> Result<Response<Self::FollowLogsStream>, Status> {
+        let req = req.into_inner();
+        let level = parse_level(&req.level)?;
+        let tail = parse_limit(req.tail, 0).unwrap_or(MAX_LIMIT);
+        let def = find_service(&self.ctx, &req.service).await?;
+        // Subscribe before reading the tail so nothing falls between the two; `seq` removes
+        // what both contain.
+        let mut live = self.logs.subscribe();
+        let (backlog, _) = if req.tail > 0 {
+            self.logs
+                .query(
+                    &def.id,
+                    LogQuery {
+                        min_level: level,
+                        since: None,
+                        limit: tail,
+                    },
+                )
+                .await?
+        } else {
+            (Vec::new(), 0)
+        };
+        let last_seq = backlog.iter().map(|e| e.seq).max().unwrap_or(0);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::LogEntry, Status>>(FOLLOW_BUFFER);
+        let shutdown = self.ctx.shutdown.clone();
+        let id = def.id.clone();
+        tokio::spawn(async move {
+            for e in &backlog {
+                if tx.send(Ok(to_pb(e))).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let next = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tx.closed() => return,
+                    n = live.recv() => n,
+                };
+                match next {
+                    Ok(e) => {
+                        if e.service_id != id
+                            || level.is_some_and(|l| e.level < l)
+                            || (last_seq > 0 && e.seq <= last_seq)
+                        {
+                            continue;
+                        }
+                        if tx.send(Ok(to_pb(&e))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(n)) => {
+                        tracing::warn!(service_id = %id, skipped = n, "log follower lagged; lines skipped");
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

@@ -1,0 +1,247 @@
+//! One client connection: session lookup, routing, upstream connect, then the relay (with
+//! failover) until either side ends it.
+
+mod relay;
+pub mod upstream;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::SinkExt;
+use myagent_proto::v1 as pb;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::events;
+use crate::routing::{Decision, RouteError, RouteRequest};
+use crate::state::{ConnStats, RouteInfo, Shared};
+use upstream::{Forwarded, Upstream};
+
+/// What the listener hands over after a successful upgrade.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub req: RouteRequest,
+    pub client_ip: IpAddr,
+    pub connection_id: String,
+}
+
+pub fn ws_config(shared: &Shared) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_frame_size(Some(shared.settings.max_frame_bytes))
+        .max_message_size(Some(
+            shared
+                .settings
+                .max_message_bytes
+                .max(shared.settings.max_frame_bytes),
+        ))
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(16 * 1024)
+}
+
+/// Session id to use, the service it is bound to (if live), and whether it is new.
+async fn resolve_session(
+    shared: &Shared,
+    requested: Option<&str>,
+) -> (String, Option<String>, bool) {
+    let Some(sid) = requested else {
+        return (uuid::Uuid::new_v4().to_string(), None, true);
+    };
+    if let Some(svc) = shared.sessions.get(sid) {
+        return (sid.to_string(), Some(svc), false);
+    }
+    // Unknown locally: ask the control plane once (bounded), the only wait on it in the
+    // connection path and only for sessions this proxy has never heard of.
+    let channel = shared
+        .control_channel
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(ch) = channel {
+        let mut client = crate::control::client(ch, shared.token.clone());
+        let call = client.resolve_session(pb::ResolveSessionRequest {
+            session_id: sid.to_string(),
+        });
+        if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), call).await {
+            let b = resp.into_inner();
+            if !b.service_id.is_empty() && b.state != "completed" {
+                shared.sessions.bind(sid, &b.service_id);
+                return (sid.to_string(), Some(b.service_id), false);
+            }
+        }
+    }
+    // Unknown or completed: a fresh session (ids are minted by the proxy, never by clients).
+    (uuid::Uuid::new_v4().to_string(), None, true)
+}
+
+/// Routes and connects, trying further candidates when an upstream cannot be reached.
+pub(crate) async fn route_and_connect(
+    shared: &Shared,
+    req: &RouteRequest,
+    bound: Option<&str>,
+    session_id: &str,
+    connection_id: &str,
+    client_ip: IpAddr,
+    exclude: &mut Vec<String>,
+) -> Result<(Decision, Upstream), RouteError> {
+    let fwd = Forwarded {
+        session_id,
+        connection_id,
+        client_ip,
+        prior_xff: req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok()),
+    };
+    let mut last_err = None;
+    for _attempt in 0..4 {
+        let snap = shared.snapshot();
+        let decision =
+            shared
+                .router
+                .decide(&snap, &shared.load, req, bound, session_id, exclude)?;
+        let started = Instant::now();
+        match upstream::connect(
+            &decision.service,
+            &fwd,
+            ws_config(shared),
+            shared.settings.connect_timeout,
+        )
+        .await
+        {
+            Ok(ws) => {
+                shared
+                    .metrics
+                    .upstream_connect_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                return Ok((decision, ws));
+            }
+            Err(e) => {
+                tracing::warn!(service = %decision.service.name, connection_id, error = %e, "upstream connect failed");
+                shared.note_passive_failure(&decision.service.id);
+                exclude.push(decision.service.id.clone());
+                last_err = Some(format!(
+                    "Service '{}' is unreachable: {e}",
+                    decision.service.name
+                ));
+            }
+        }
+    }
+    Err(RouteError::RoutingFailed(
+        last_err.unwrap_or_else(|| "No reachable service".into()),
+    ))
+}
+
+fn close_frame(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
+}
+
+/// Serves one upgraded client connection to the end.
+pub async fn handle<C>(shared: Arc<Shared>, mut client: WebSocketStream<C>, acc: Accepted)
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (session_id, bound, new_session) =
+        resolve_session(&shared, acc.req.session_id.as_deref()).await;
+    let mut exclude = Vec::new();
+    let routed = route_and_connect(
+        &shared,
+        &acc.req,
+        bound.as_deref(),
+        &session_id,
+        &acc.connection_id,
+        acc.client_ip,
+        &mut exclude,
+    )
+    .await;
+    let (decision, up) = match routed {
+        Ok(x) => x,
+        Err(e) => {
+            shared
+                .metrics
+                .routing_failures
+                .with_label_values(&[e.code()])
+                .inc();
+            tracing::info!(connection_id = %acc.connection_id, code = e.code(), message = e.message(), "routing failed");
+            let recoverable = matches!(e, RouteError::InsufficientResources(_));
+            let ev = events::error(e.code(), e.message(), recoverable);
+            let _ = client.feed(Message::Text(ev.into())).await;
+            let _ = client.send(close_frame(1013, e.code())).await;
+            // Let the close handshake finish (bounded) so the client sees the frame.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                futures::StreamExt::collect::<Vec<_>>(&mut client),
+            )
+            .await;
+            return;
+        }
+    };
+    let svc = decision.service.clone();
+    let route = RouteInfo {
+        service_id: svc.id.clone(),
+        service_name: svc.name.clone(),
+        session_id: session_id.clone(),
+        strategy: decision.strategy.to_string(),
+    };
+    let stats = Arc::new(ConnStats::new(
+        acc.connection_id.clone(),
+        acc.client_ip.to_string(),
+        shared.now_ms(),
+        route,
+    ));
+    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
+    shared.register(stats.clone(), cmd_tx);
+    shared.load.connection_opened(&svc.id, new_session);
+    shared.sessions.bind(&session_id, &svc.id);
+    shared.push_connection_event(
+        pb::connection_event::Kind::Opened,
+        stats.to_proto(&shared.settings.node_id, "active"),
+    );
+    let kind = if new_session {
+        pb::session_event::Kind::Created
+    } else {
+        pb::session_event::Kind::Attached
+    };
+    shared.push_session_event(kind, &session_id, &svc.id);
+    tracing::debug!(connection_id = %acc.connection_id, session_id = %session_id, service = %svc.name, strategy = decision.strategy, "connection routed");
+
+    let routed_ev = events::connection_routed(
+        &svc.name,
+        &svc.endpoint,
+        decision.strategy,
+        &session_id,
+        &acc.connection_id,
+    );
+    let relay = relay::Relay::new(
+        shared.clone(),
+        stats.clone(),
+        client,
+        up,
+        decision,
+        session_id.clone(),
+        acc,
+        cmd_rx,
+        Bytes::from(routed_ev),
+    );
+    let final_service = relay.run().await;
+
+    shared.unregister(&stats.connection_id);
+    shared.load.connection_closed(&final_service);
+    shared.push_connection_event(
+        pb::connection_event::Kind::Closed,
+        stats.to_proto(&shared.settings.node_id, "closed"),
+    );
+    shared.push_session_event(
+        pb::session_event::Kind::Detached,
+        &session_id,
+        &final_service,
+    );
+    shared.push_closed(stats);
+}

@@ -1,0 +1,882 @@
+//! The frame relay of one connection: a single task polls both WebSockets without ever
+//! blocking one direction on the other (like `copy_bidirectional`, per frame), wraps client
+//! text in the envelope, and switches upstreams on failure or drain without losing client
+//! frames.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{Sink, Stream};
+use myagent_proto::v1 as pb;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{Interval, MissedTickBehavior, Sleep};
+use tokio_stream::wrappers::WatchStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use super::upstream::Upstream;
+use super::{route_and_connect, Accepted};
+use crate::envelope::Envelope;
+use crate::events;
+use crate::routing::{Decision, RouteError};
+use crate::snapshot::{Service, Snapshot};
+use crate::state::{ConnCommand, ConnStats, RouteInfo, Shared};
+
+type SwitchFuture = Pin<Box<dyn Future<Output = Result<(Decision, Upstream), RouteError>> + Send>>;
+
+/// How long closing handshakes may take once we decided to end the connection.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+enum Phase {
+    Relay,
+    /// Planned switch: the old upstream got a 1001 close; its remaining frames are still
+    /// relayed; client frames are held until its close arrives or the deadline passes.
+    Draining {
+        deadline: Pin<Box<Sleep>>,
+        reason: &'static str,
+    },
+    /// Connecting to the next service; client frames are held.
+    Switching {
+        fut: SwitchFuture,
+        from: Arc<Service>,
+        reason: &'static str,
+        last_close: Option<CloseFrame>,
+    },
+    /// Close frames are queued; waiting (bounded) for both ends to finish.
+    Closing {
+        deadline: Pin<Box<Sleep>>,
+    },
+}
+
+enum Ev {
+    ClientMsg(Message),
+    ClientError(WsError),
+    ClientEnd,
+    UpMsg(Message),
+    UpError(WsError),
+    UpEnd,
+    Cmd(ConnCommand),
+    Config(Arc<Snapshot>),
+    Tick,
+    Shutdown,
+    DrainTimeout,
+    Switched(Box<Result<(Decision, Upstream), RouteError>>),
+    Done,
+}
+
+pub struct Relay<C> {
+    shared: Arc<Shared>,
+    stats: Arc<ConnStats>,
+    client: WebSocketStream<C>,
+    up: Option<Upstream>,
+    service: Arc<Service>,
+    strategy: &'static str,
+    session_id: String,
+    acc: Accepted,
+    envelope: Option<Envelope>,
+    /// Client frames (unwrapped) waiting for the upstream.
+    to_up: VecDeque<Message>,
+    to_up_bytes: usize,
+    /// A control frame (close) for the upstream; goes before `to_up`, even while holding.
+    up_ctrl: Option<Message>,
+    /// Client data frames sent upstream since the agent last answered: replayed to the next
+    /// service on failover (at-least-once delivery).
+    unacked: VecDeque<Message>,
+    unacked_bytes: usize,
+    to_client: VecDeque<Message>,
+    flush_up: bool,
+    flush_client: bool,
+    client_done: bool,
+    up_done: bool,
+    /// The client initiated the close: tungstenite answers it, we must not send another.
+    client_closed: bool,
+    phase: Phase,
+    cmd_rx: mpsc::Receiver<ConnCommand>,
+    config: WatchStream<Arc<Snapshot>>,
+    tick: Interval,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    shutting_down: bool,
+    exclude: Vec<String>,
+    rt_start: Option<Instant>,
+    /// Alternates which side is read first, so a flooding side cannot starve the other.
+    flip: bool,
+    polls: u32,
+}
+
+fn data_len(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        _ => 0,
+    }
+}
+
+/// Appends to a bounded replay window; beyond the bound the oldest frames count as delivered.
+fn push_bounded(
+    q: &mut VecDeque<Message>,
+    bytes: &mut usize,
+    m: Message,
+    max_frames: usize,
+    max_bytes: usize,
+) {
+    *bytes += data_len(&m);
+    q.push_back(m);
+    while q.len() > max_frames || *bytes > max_bytes {
+        match q.pop_front() {
+            Some(old) => *bytes -= data_len(&old),
+            None => break,
+        }
+    }
+}
+
+fn close_msg(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    }))
+}
+
+/// A close frame received from a peer, made safe to send on (reserved codes cannot be sent).
+fn relayable(frame: Option<CloseFrame>) -> Message {
+    match frame {
+        Some(f) => match u16::from(f.code) {
+            1005 | 1006 | 1015 => Message::Close(None),
+            _ => Message::Close(Some(f)),
+        },
+        None => Message::Close(None),
+    }
+}
+
+impl<C> Relay<C>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shared: Arc<Shared>,
+        stats: Arc<ConnStats>,
+        client: WebSocketStream<C>,
+        up: Upstream,
+        decision: Decision,
+        session_id: String,
+        acc: Accepted,
+        cmd_rx: mpsc::Receiver<ConnCommand>,
+        routed_event: Bytes,
+    ) -> Self {
+        let idle = shared.settings.idle_timeout;
+        let period = if idle.is_zero() {
+            Duration::from_secs(3600)
+        } else {
+            (idle / 4).clamp(Duration::from_millis(20), Duration::from_secs(5))
+        };
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let config = WatchStream::from_changes(shared.config.clone());
+        let shutdown = Box::pin(shared.shutdown.clone().cancelled_owned());
+        let mut to_client = VecDeque::with_capacity(4);
+        to_client.push_back(Message::Text(routed_event.try_into().unwrap_or_default()));
+        let mut r = Relay {
+            stats,
+            client,
+            up: Some(up),
+            service: decision.service.clone(),
+            strategy: decision.strategy,
+            session_id,
+            acc,
+            envelope: None,
+            to_up: VecDeque::with_capacity(4),
+            to_up_bytes: 0,
+            up_ctrl: None,
+            unacked: VecDeque::with_capacity(4),
+            unacked_bytes: 0,
+            to_client,
+            flush_up: false,
+            flush_client: false,
+            client_done: false,
+            up_done: false,
+            client_closed: false,
+            phase: Phase::Relay,
+            cmd_rx,
+            config,
+            tick,
+            shutdown,
+            shutting_down: false,
+            exclude: Vec::new(),
+            rt_start: None,
+            flip: false,
+            polls: 0,
+            shared,
+        };
+        r.rebuild_envelope();
+        r
+    }
+
+    fn rebuild_envelope(&mut self) {
+        self.envelope = self.service.proxy_metadata.then(|| {
+            Envelope::new(
+                &self.acc.connection_id,
+                &self.service.name,
+                self.strategy,
+                &self.session_id,
+            )
+        });
+    }
+
+    /// Runs to the end; returns the service id the connection ended on.
+    pub async fn run(mut self) -> String {
+        loop {
+            let ev = std::future::poll_fn(|cx| self.poll_event(cx)).await;
+            if self.handle(ev) {
+                break;
+            }
+        }
+        self.service.id.clone()
+    }
+
+    fn is_relay(&self) -> bool {
+        matches!(self.phase, Phase::Relay)
+    }
+
+    fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing { .. })
+    }
+
+    // ---------------------------------------------------------------- polling
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Ev> {
+        self.polls = self.polls.wrapping_add(1);
+
+        // Phase futures and timers.
+        match &mut self.phase {
+            Phase::Relay => {}
+            Phase::Draining { deadline, .. } => {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ev::DrainTimeout);
+                }
+            }
+            Phase::Switching { fut, .. } => {
+                if let Poll::Ready(r) = fut.as_mut().poll(cx) {
+                    return Poll::Ready(Ev::Switched(Box::new(r)));
+                }
+            }
+            Phase::Closing { deadline } => {
+                if (self.client_done && (self.up_done || self.up.is_none()))
+                    || deadline.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Ev::Done);
+                }
+            }
+        }
+
+        // Control sources are checked on every 8th poll and whenever the sockets are idle, so
+        // a busy connection pays for them rarely but can never starve them.
+        if self.polls & 7 == 0 {
+            if let Poll::Ready(ev) = self.poll_control(cx) {
+                return Poll::Ready(ev);
+            }
+        }
+
+        // Writes towards the agent.
+        if let Some(up) = self.up.as_mut().filter(|_| !self.up_done) {
+            loop {
+                let relay = matches!(self.phase, Phase::Relay);
+                if self.up_ctrl.is_none() && (!relay || self.to_up.is_empty()) {
+                    break;
+                }
+                match Pin::new(&mut *up).poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Ev::UpError(e)),
+                    Poll::Pending => break,
+                }
+                let msg = match self.up_ctrl.take() {
+                    Some(m) => m,
+                    None => {
+                        let Some(m) = self.to_up.pop_front() else {
+                            break;
+                        };
+                        self.to_up_bytes -= data_len(&m);
+                        let out = match (&m, self.envelope.as_mut()) {
+                            (Message::Text(t), Some(env)) => {
+                                Message::Text(env.wrap(t.as_str()).try_into().unwrap_or_default())
+                            }
+                            _ => m.clone(),
+                        };
+                        if matches!(m, Message::Text(_) | Message::Binary(_)) {
+                            let st = &self.shared.settings;
+                            push_bounded(
+                                &mut self.unacked,
+                                &mut self.unacked_bytes,
+                                m,
+                                st.client_buffer_frames,
+                                st.client_buffer_bytes,
+                            );
+                        }
+                        out
+                    }
+                };
+                if let Err(e) = Pin::new(&mut *up).start_send(msg) {
+                    return Poll::Ready(Ev::UpError(e));
+                }
+                self.flush_up = true;
+            }
+        }
+
+        // Writes towards the client.
+        if !self.client_done {
+            while !self.to_client.is_empty() {
+                match Pin::new(&mut self.client).poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Ev::ClientError(e)),
+                    Poll::Pending => break,
+                }
+                let Some(m) = self.to_client.pop_front() else {
+                    break;
+                };
+                if let Err(e) = Pin::new(&mut self.client).start_send(m) {
+                    return Poll::Ready(Ev::ClientError(e));
+                }
+                self.flush_client = true;
+            }
+        }
+
+        // Reads, alternating which side goes first.
+        self.flip = !self.flip;
+        for side in [self.flip, !self.flip] {
+            let ev = if side {
+                self.poll_client_read(cx)
+            } else {
+                self.poll_up_read(cx)
+            };
+            if let Poll::Ready(ev) = ev {
+                return Poll::Ready(ev);
+            }
+        }
+
+        // Nothing more to read right now: push out what was written.
+        if self.flush_up {
+            if let Some(up) = self.up.as_mut() {
+                match Pin::new(up).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.flush_up = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Ev::UpError(e)),
+                    Poll::Pending => {}
+                }
+            } else {
+                self.flush_up = false;
+            }
+        }
+        if self.flush_client && !self.client_done {
+            match Pin::new(&mut self.client).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.flush_client = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Ev::ClientError(e)),
+                Poll::Pending => {}
+            }
+        }
+
+        self.poll_control(cx)
+    }
+
+    fn poll_client_read(&mut self, cx: &mut Context<'_>) -> Poll<Ev> {
+        if self.client_done {
+            return Poll::Pending;
+        }
+        // While relaying, read only when the previous frame went out (backpressure); while
+        // holding, keep reading into the bounded buffer.
+        let relaying = self.is_relay() && self.up.is_some();
+        if relaying && !self.to_up.is_empty() {
+            return Poll::Pending;
+        }
+        match Pin::new(&mut self.client).poll_next(cx) {
+            Poll::Ready(Some(Ok(m))) => Poll::Ready(Ev::ClientMsg(m)),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Ev::ClientError(e)),
+            Poll::Ready(None) => Poll::Ready(Ev::ClientEnd),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_up_read(&mut self, cx: &mut Context<'_>) -> Poll<Ev> {
+        if self.up_done || !self.to_client.is_empty() {
+            return Poll::Pending;
+        }
+        let Some(up) = self.up.as_mut() else {
+            return Poll::Pending;
+        };
+        match Pin::new(up).poll_next(cx) {
+            Poll::Ready(Some(Ok(m))) => Poll::Ready(Ev::UpMsg(m)),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Ev::UpError(e)),
+            Poll::Ready(None) => Poll::Ready(Ev::UpEnd),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn poll_control(&mut self, cx: &mut Context<'_>) -> Poll<Ev> {
+        if !self.shutting_down && self.shutdown.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ev::Shutdown);
+        }
+        if let Poll::Ready(Some(c)) = self.cmd_rx.poll_recv(cx) {
+            return Poll::Ready(Ev::Cmd(c));
+        }
+        if let Poll::Ready(Some(s)) = Pin::new(&mut self.config).poll_next(cx) {
+            return Poll::Ready(Ev::Config(s));
+        }
+        if self.tick.poll_tick(cx).is_ready() {
+            return Poll::Ready(Ev::Tick);
+        }
+        Poll::Pending
+    }
+
+    // ---------------------------------------------------------------- events
+
+    /// Handles one event; true when the connection is finished.
+    fn handle(&mut self, ev: Ev) -> bool {
+        match ev {
+            Ev::ClientMsg(m) => self.on_client_msg(m),
+            Ev::ClientError(e) => self.on_client_error(e),
+            Ev::ClientEnd => {
+                self.client_done = true;
+                if !self.is_closing() {
+                    self.begin_close(None, Some(close_msg(1001, "client went away")));
+                }
+            }
+            Ev::UpMsg(m) => self.on_up_msg(m),
+            Ev::UpError(e) => {
+                tracing::debug!(connection_id = %self.acc.connection_id, error = %e, "upstream error");
+                self.on_up_end(None, true);
+            }
+            Ev::UpEnd => self.on_up_end(None, true),
+            Ev::Cmd(c) => self.on_command(c),
+            Ev::Config(s) => self.on_config(&s),
+            Ev::Tick => self.on_tick(),
+            Ev::Shutdown => {
+                self.shutting_down = true;
+                if !self.is_closing() {
+                    self.begin_close(
+                        Some(close_msg(1001, "proxy shutting down")),
+                        Some(close_msg(1001, "proxy shutting down")),
+                    );
+                }
+            }
+            Ev::DrainTimeout => {
+                if let Phase::Draining { reason, .. } = self.phase {
+                    tracing::info!(connection_id = %self.acc.connection_id, service = %self.service.name, "drain timeout; switching");
+                    self.start_switch(reason, None);
+                }
+            }
+            Ev::Switched(r) => self.on_switched(*r),
+            Ev::Done => return true,
+        }
+        false
+    }
+
+    fn touch(&self) {
+        self.stats
+            .last_activity_ms
+            .store(self.shared.now_ms(), Ordering::Relaxed);
+    }
+
+    fn on_client_msg(&mut self, m: Message) {
+        if self.is_closing() {
+            return;
+        }
+        match m {
+            Message::Text(_) | Message::Binary(_) => {
+                let n = data_len(&m);
+                self.stats.msgs_in.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                self.touch();
+                if self.rt_start.is_none() {
+                    self.rt_start = Some(Instant::now());
+                }
+                self.to_up.push_back(m);
+                self.to_up_bytes += n;
+                if !(self.is_relay() && self.up.is_some()) {
+                    self.check_buffer();
+                }
+            }
+            // Pings and pongs are relayed only on a live upstream (tungstenite has already
+            // answered the client's ping itself).
+            Message::Ping(_) | Message::Pong(_) => {
+                self.touch();
+                if self.is_relay() && self.up.is_some() {
+                    self.to_up.push_back(m);
+                }
+            }
+            Message::Close(frame) => {
+                self.client_closed = true;
+                self.begin_close(None, Some(relayable(frame)));
+            }
+            Message::Frame(_) => {}
+        }
+    }
+
+    /// The failover buffer is bounded; overflowing it ends the connection with 1013.
+    fn check_buffer(&mut self) {
+        let s = &self.shared.settings;
+        if self.to_up.len() > s.client_buffer_frames || self.to_up_bytes > s.client_buffer_bytes {
+            tracing::warn!(connection_id = %self.acc.connection_id, frames = self.to_up.len(), bytes = self.to_up_bytes, "failover buffer overflow");
+            let msg = format!(
+                "Too many client messages while switching services (limit {} frames / {} bytes)",
+                s.client_buffer_frames, s.client_buffer_bytes
+            );
+            self.to_client.push_back(Message::Text(
+                events::error("INSUFFICIENT_RESOURCES", &msg, true).into(),
+            ));
+            self.begin_close(
+                Some(close_msg(1013, "failover buffer full")),
+                Some(close_msg(1001, "client disconnected")),
+            );
+        }
+    }
+
+    fn on_client_error(&mut self, e: WsError) {
+        use tokio_tungstenite::tungstenite::error::CapacityError;
+        let (code, text, what) = match &e {
+            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => (
+                1009,
+                "message too big",
+                format!("Message of {size} bytes exceeds the limit of {max_size} bytes"),
+            ),
+            WsError::Capacity(c) => (1009, "message too big", c.to_string()),
+            WsError::Utf8(_) => (
+                1007,
+                "invalid UTF-8",
+                "Text frame is not valid UTF-8".to_string(),
+            ),
+            WsError::Protocol(p) => (
+                1002,
+                "protocol error",
+                format!("WebSocket protocol error: {p}"),
+            ),
+            _ => {
+                tracing::debug!(connection_id = %self.acc.connection_id, error = %e, "client connection lost");
+                self.client_done = true;
+                if !self.is_closing() {
+                    self.begin_close(None, Some(close_msg(1001, "client went away")));
+                }
+                return;
+            }
+        };
+        tracing::info!(connection_id = %self.acc.connection_id, close_code = code, error = %what, "closing misbehaving client");
+        if self.is_closing() {
+            self.client_done = true;
+            return;
+        }
+        self.shared.note_error(&self.service.id);
+        self.to_client.push_back(Message::Text(
+            events::error("INVALID_REQUEST", &what, false).into(),
+        ));
+        self.begin_close(
+            Some(close_msg(code, text)),
+            Some(close_msg(1001, "client disconnected")),
+        );
+    }
+
+    fn on_up_msg(&mut self, m: Message) {
+        match m {
+            Message::Text(_) | Message::Binary(_) => {
+                let n = data_len(&m);
+                self.stats.msgs_out.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                self.touch();
+                if let Some(t) = self.rt_start.take() {
+                    let d = t.elapsed();
+                    self.stats.rt_count.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .rt_sum_us
+                        .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+                    self.shared
+                        .metrics
+                        .upstream_response_seconds
+                        .observe(d.as_secs_f64());
+                }
+                // The agent answered: what it was sent before has been received.
+                self.unacked.clear();
+                self.unacked_bytes = 0;
+                if !self.is_closing() {
+                    self.to_client.push_back(m);
+                }
+            }
+            Message::Ping(_) | Message::Pong(_) => {
+                if !self.is_closing() {
+                    self.to_client.push_back(m);
+                }
+            }
+            Message::Close(frame) => self.on_up_end(frame, false),
+            Message::Frame(_) => {}
+        }
+    }
+
+    /// The upstream ended: a close frame (`errored` false) or a failure.
+    fn on_up_end(&mut self, frame: Option<CloseFrame>, errored: bool) {
+        match &self.phase {
+            Phase::Closing { .. } => {
+                self.up_done = true;
+            }
+            Phase::Draining { reason, .. } => {
+                let reason = *reason;
+                self.up_done = true;
+                self.start_switch(reason, frame);
+            }
+            Phase::Switching { .. } => {}
+            Phase::Relay => {
+                self.up_done = true;
+                let normal = !errored && frame.as_ref().is_none_or(|f| f.code == CloseCode::Normal);
+                if normal {
+                    // The agent ended the conversation: relay its close to the client.
+                    self.begin_close(Some(relayable(frame)), None);
+                } else {
+                    self.shared.note_error(&self.service.id);
+                    tracing::info!(
+                        connection_id = %self.acc.connection_id,
+                        service = %self.service.name,
+                        close = ?frame.as_ref().map(|f| u16::from(f.code)),
+                        "upstream ended unexpectedly; failing over"
+                    );
+                    self.start_switch("upstream_closed", frame);
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, c: ConnCommand) {
+        match c {
+            ConnCommand::Notify(ev) => {
+                if !self.is_closing() {
+                    self.to_client
+                        .push_back(Message::Text(ev.try_into().unwrap_or_default()));
+                }
+            }
+            ConnCommand::Disconnect { reason, notify } => {
+                if self.is_closing() {
+                    return;
+                }
+                if notify {
+                    let ev = events::connection_closed(&self.acc.connection_id, &reason);
+                    self.to_client.push_back(Message::Text(ev.into()));
+                }
+                // Close reasons are limited to 123 bytes by the protocol.
+                let mut r = reason.as_str();
+                while r.len() > 123 {
+                    let mut cut = 123;
+                    while !r.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    r = &r[..cut];
+                }
+                let r = if r.is_empty() {
+                    "disconnected by administrator"
+                } else {
+                    r
+                };
+                self.begin_close(
+                    Some(close_msg(1000, r)),
+                    Some(close_msg(1000, "client disconnected by administrator")),
+                );
+            }
+        }
+    }
+
+    fn on_config(&mut self, snap: &Snapshot) {
+        if !self.is_relay() {
+            return;
+        }
+        let reason = match snap.service(&self.service.id) {
+            None => "service_removed",
+            Some(s) if s.draining => "service_draining",
+            Some(s) if !s.routable => match (s.source.status.as_str(), s.source.health.as_str()) {
+                ("stopped" | "stopping", _) => "service_stopped",
+                ("error", _) => "service_error",
+                (_, "unhealthy") => "service_unhealthy",
+                _ => "service_unavailable",
+            },
+            Some(s) => {
+                // Still fine: pick up changed settings (e.g. proxy_metadata) for new frames.
+                if s.proxy_metadata != self.service.proxy_metadata {
+                    self.service = s.clone();
+                    self.rebuild_envelope();
+                } else {
+                    self.service = s.clone();
+                }
+                return;
+            }
+        };
+        let timeout = self
+            .service
+            .drain_timeout
+            .unwrap_or(self.shared.settings.drain_timeout);
+        tracing::info!(connection_id = %self.acc.connection_id, service = %self.service.name, reason, "draining upstream");
+        self.up_ctrl = Some(close_msg(1001, "service switching"));
+        self.phase = Phase::Draining {
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            reason,
+        };
+    }
+
+    fn on_tick(&mut self) {
+        let idle = self.shared.settings.idle_timeout;
+        if idle.is_zero() || self.is_closing() {
+            return;
+        }
+        let last = self.stats.last_activity_ms.load(Ordering::Relaxed);
+        if self.shared.now_ms().saturating_sub(last) >= idle.as_millis() as u64 {
+            tracing::debug!(connection_id = %self.acc.connection_id, "idle timeout");
+            self.begin_close(
+                Some(close_msg(1001, "idle timeout")),
+                Some(close_msg(1000, "client idle timeout")),
+            );
+        }
+    }
+
+    /// Queues the close frames and enters Closing. `to_client`/`to_up` None = that side is
+    /// already closing or gone.
+    fn begin_close(&mut self, to_client: Option<Message>, to_up: Option<Message>) {
+        if let Some(m) = to_client {
+            if !self.client_closed && !self.client_done {
+                self.to_client.push_back(m);
+            }
+        }
+        match (to_up, self.up.is_some() && !self.up_done) {
+            (Some(m), true) => {
+                // Frames still queued for the agent are dropped with the connection; the
+                // close goes first.
+                self.up_ctrl = Some(m);
+                self.to_up.clear();
+                self.to_up_bytes = 0;
+            }
+            _ => self.up_done = true,
+        }
+        self.phase = Phase::Closing {
+            deadline: Box::pin(tokio::time::sleep(CLOSE_GRACE)),
+        };
+    }
+
+    // ---------------------------------------------------------------- failover
+
+    fn start_switch(&mut self, reason: &'static str, last_close: Option<CloseFrame>) {
+        // The old upstream is finished (or abandoned after the drain deadline).
+        self.up = None;
+        self.up_done = false;
+        self.up_ctrl = None;
+        self.flush_up = false;
+        // Frames the old agent may not have processed go first, in their original order.
+        while let Some(m) = self.unacked.pop_back() {
+            self.to_up_bytes += data_len(&m);
+            self.to_up.push_front(m);
+        }
+        self.unacked_bytes = 0;
+        self.to_up
+            .retain(|m| matches!(m, Message::Text(_) | Message::Binary(_)));
+        self.exclude.push(self.service.id.clone());
+        let shared = self.shared.clone();
+        let req = self.acc.req.clone();
+        let session_id = self.session_id.clone();
+        let connection_id = self.acc.connection_id.clone();
+        let client_ip = self.acc.client_ip;
+        let mut exclude = self.exclude.clone();
+        let fut: SwitchFuture = Box::pin(async move {
+            route_and_connect(
+                &shared,
+                &req,
+                None,
+                &session_id,
+                &connection_id,
+                client_ip,
+                &mut exclude,
+            )
+            .await
+        });
+        self.phase = Phase::Switching {
+            fut,
+            from: self.service.clone(),
+            reason,
+            last_close,
+        };
+    }
+
+    fn on_switched(&mut self, r: Result<(Decision, Upstream), RouteError>) {
+        let Phase::Switching {
+            from,
+            reason,
+            last_close,
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Relay)
+        else {
+            return;
+        };
+        match r {
+            Ok((decision, up)) => {
+                let to = decision.service.clone();
+                tracing::info!(connection_id = %self.acc.connection_id, from = %from.name, to = %to.name, reason, replay = self.to_up.len(), "service switched");
+                self.shared
+                    .metrics
+                    .failovers
+                    .with_label_values(&[reason])
+                    .inc();
+                self.shared.load.connection_closed(&from.id);
+                self.shared.load.connection_opened(&to.id, false);
+                self.shared.sessions.bind(&self.session_id, &to.id);
+                self.shared.push_session_event(
+                    pb::session_event::Kind::Moved,
+                    &self.session_id,
+                    &to.id,
+                );
+                self.stats.set_route(RouteInfo {
+                    service_id: to.id.clone(),
+                    service_name: to.name.clone(),
+                    session_id: self.session_id.clone(),
+                    strategy: decision.strategy.to_string(),
+                });
+                self.shared.push_connection_event(
+                    pb::connection_event::Kind::Updated,
+                    self.stats.to_proto(&self.shared.settings.node_id, "active"),
+                );
+                self.up = Some(up);
+                self.up_done = false;
+                self.service = to;
+                self.strategy = decision.strategy;
+                self.rebuild_envelope();
+                self.exclude.clear();
+                let ev = events::service_switched(
+                    &from.name,
+                    &self.service.name,
+                    reason,
+                    &self.session_id,
+                );
+                self.to_client.push_back(Message::Text(ev.into()));
+            }
+            Err(e) => {
+                tracing::info!(connection_id = %self.acc.connection_id, from = %from.name, error = e.message(), "no service to fail over to");
+                self.shared
+                    .metrics
+                    .routing_failures
+                    .with_label_values(&[e.code()])
+                    .inc();
+                let msg = format!(
+                    "Service '{}' is gone and no other service can take over: {}",
+                    from.name,
+                    e.message()
+                );
+                self.to_client
+                    .push_back(Message::Text(events::error(e.code(), &msg, true).into()));
+                let close = match last_close {
+                    Some(f) if !matches!(u16::from(f.code), 1005 | 1006 | 1015) => {
+                        Message::Close(Some(f))
+                    }
+                    _ if reason == "upstream_closed" => close_msg(1011, "upstream connection lost"),
+                    _ => close_msg(1001, reason),
+                };
+                self.up_done = true;
+                self.begin_close(Some(close), None);
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The `proxy_metadata` envelope around client→agent text frames (seed §2.2), written around
+//! the client's raw JSON bytes: the message is validated with a borrowing parser (`RawValue`),
+//! never parsed into a tree and re-serialised. Buffers are reused across messages.
+
+use std::cell::RefCell;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::value::RawValue;
+
+/// Per-connection envelope writer: the constant parts are rendered once.
+#[derive(Debug)]
+pub struct Envelope {
+    /// `{"proxy_metadata":{"connection_id":..,"target_service":..,"routing_strategy":..,"timestamp":"`
+    head: Vec<u8>,
+    /// `","session_id":".."},"original_message":`
+    mid: Vec<u8>,
+    buf: BytesMut,
+}
+
+fn json_str(s: &str) -> String {
+    // Serialising a &str cannot fail.
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string())
+}
+
+impl Envelope {
+    pub fn new(
+        connection_id: &str,
+        target_service: &str,
+        routing_strategy: &str,
+        session_id: &str,
+    ) -> Self {
+        let head = format!(
+            "{{\"proxy_metadata\":{{\"connection_id\":{},\"target_service\":{},\"routing_strategy\":{},\"timestamp\":\"",
+            json_str(connection_id),
+            json_str(target_service),
+            json_str(routing_strategy)
+        )
+        .into_bytes();
+        let mid = format!(
+            "\",\"session_id\":{}}},\"original_message\":",
+            json_str(session_id)
+        )
+        .into_bytes();
+        Envelope {
+            head,
+            mid,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Wraps one client text message. JSON goes in as-is; anything else as a JSON string.
+    pub fn wrap(&mut self, text: &str) -> Bytes {
+        let raw = serde_json::from_str::<&RawValue>(text).ok();
+        let extra = match raw {
+            Some(r) => r.get().len(),
+            // Worst case escaping is 6 bytes per byte; reserve generously, grow if needed.
+            None => text.len() + 16,
+        };
+        self.buf
+            .reserve(self.head.len() + self.mid.len() + 32 + extra);
+        self.buf.put_slice(&self.head);
+        write_timestamp(&mut self.buf);
+        self.buf.put_slice(&self.mid);
+        match raw {
+            Some(r) => self.buf.put_slice(r.get().as_bytes()),
+            None => write_json_string(&mut self.buf, text),
+        }
+        self.buf.put_u8(b'}');
+        // `split` hands out the written bytes; once the frame is written and dropped, the next
+        // `reserve` reclaims the same allocation.
+        self.buf.split().freeze()
+    }
+}
+
+fn write_json_string(buf: &mut BytesMut, s: &str) {
+    let mut w = buf.writer();
+    // Writing into memory cannot fail.
+    let _ = serde_json::to_writer(&mut w, s);
+}
+
+thread_local! {
+    /// (unix second, "YYYY-MM-DDTHH:MM:SS") — formatting a date costs more than relaying a
+    /// small frame, so it happens once per second per thread.
+    static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+}
+
+/// Appends an RFC 3339 UTC timestamp with milliseconds, e.g. `2024-01-01T10:30:00.123Z`.
+pub fn write_timestamp(buf: &mut BytesMut) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let ms = now.subsec_millis();
+    SECOND.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs {
+            let dt = chrono::DateTime::from_timestamp(secs as i64, 0).unwrap_or_default();
+            let s = dt.format("%Y-%m-%dT%H:%M:%S").to_string();
+            let mut arr = [0u8; 19];
+            let n = s.len().min(19);
+            arr[..n].copy_from_slice(&s.as_bytes()[..n]);
+            *c = (secs, arr);
+        }
+        buf.put_slice(&c.1);
+    });
+    buf.put_slice(&[
+        b'.',
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+        b'Z',
+    ]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(b: &Bytes) -> serde_json::Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn wraps_raw_json_exactly() {
+        let mut e = Envelope::new("c1", "svc", "direct", "s1");
+        let raw = r#"{"b":1,"a":[1.50,"x\u00e9"]}"#;
+        let out = e.wrap(raw);
+        let text = std::str::from_utf8(&out).unwrap();
+        // The original bytes appear verbatim (no re-serialisation: 1.50 and \u00e9 kept).
+        assert!(
+            text.ends_with(&format!("\"original_message\":{raw}}}")),
+            "{text}"
+        );
+        let v = parse(&out);
+        assert_eq!(v["proxy_metadata"]["connection_id"], "c1");
+        assert_eq!(v["proxy_metadata"]["target_service"], "svc");
+        assert_eq!(v["proxy_metadata"]["routing_strategy"], "direct");
+        assert_eq!(v["proxy_metadata"]["session_id"], "s1");
+        let ts = v["proxy_metadata"]["timestamp"].as_str().unwrap();
+        assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{ts}");
+        assert!(ts.ends_with('Z'));
+    }
+
+    #[test]
+    fn non_json_becomes_a_string_and_scalars_stay_json() {
+        let mut e = Envelope::new("c\"1", "s", "round_robin", "x");
+        let v = parse(&e.wrap("hello \"world\"\n"));
+        assert_eq!(v["original_message"], "hello \"world\"\n");
+        assert_eq!(v["proxy_metadata"]["connection_id"], "c\"1");
+        assert_eq!(parse(&e.wrap("42"))["original_message"], 42);
+        assert_eq!(
+            parse(&e.wrap(" [1, 2] "))["original_message"],
+            serde_json::json!([1, 2])
+        );
+        assert_eq!(
+            parse(&e.wrap(r#"{"a":1} trailing"#))["original_message"],
+            r#"{"a":1} trailing"#
+        );
+        assert_eq!(parse(&e.wrap(""))["original_message"], "");
+    }
+
+    #[test]
+    fn many_messages_stay_well_formed() {
+        let mut e = Envelope::new("c", "s", "direct", "x");
+        let held: Vec<Bytes> = (0..1000)
+            .map(|i| e.wrap(&format!("{{\"i\":{i}}}")))
+            .collect();
+        for (i, b) in held.iter().enumerate() {
+            assert_eq!(parse(b)["original_message"]["i"], i);
+        }
+    }
+}

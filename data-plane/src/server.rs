@@ -1,0 +1,382 @@
+//! The client-facing listener: HTTP/1.1 upgrade on `/ws`, checked before the upgrade (bad
+//! query → 400, connection limit → 503, anything that is not a WebSocket upgrade → 400), then
+//! one task per connection.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::conn::{self, Accepted};
+use crate::routing::RouteRequest;
+use crate::state::Shared;
+use crate::strategy::Strategy;
+
+/// Accepts connections until `stop` fires.
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let shared = shared.clone();
+        let t2 = tracker.clone();
+        tracker.spawn(async move {
+            let svc = service_fn(move |req| {
+                let shared = shared.clone();
+                let t3 = t2.clone();
+                async move { Ok::<_, Infallible>(handle_request(req, peer, shared, t3)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), svc)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %peer, error = %e, "http connection error");
+            }
+        });
+    }
+}
+
+/// An error answered before the upgrade, in the seed's error shape.
+fn http_error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    field: Option<&str>,
+) -> Response<Body> {
+    let mut details = json!({ "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true) });
+    if let Some(f) = field {
+        details["field"] = json!(f);
+    }
+    let body =
+        json!({"success": false, "error": {"code": code, "message": message, "details": details}});
+    let mut resp = Response::new(Body::from(body.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+fn percent_decode(s: &str) -> Result<String, ()> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                let (Some(h), Some(l)) = (
+                    b.get(i + 1).and_then(|c| hex(*c)),
+                    b.get(i + 2).and_then(|c| hex(*c)),
+                ) else {
+                    return Err(());
+                };
+                out.push((h * 16 + l) as u8);
+                i += 2;
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| ())
+}
+
+/// Parses the routing parameters (query string first, then `X-MyAgent-*` headers, as seed §2.1
+/// allows both). Errors name the offending field.
+pub fn parse_route_request(
+    query: Option<&str>,
+    headers: &HeaderMap,
+    path: &str,
+    client_ip: IpAddr,
+) -> Result<RouteRequest, (String, String)> {
+    let mut pairs = Vec::new();
+    for part in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let k = percent_decode(k).map_err(|_| {
+            (
+                "query".to_string(),
+                "Query string is not valid percent-encoded UTF-8".to_string(),
+            )
+        })?;
+        let v = percent_decode(v).map_err(|_| {
+            (
+                k.clone(),
+                format!("Query parameter '{k}' is not valid percent-encoded UTF-8"),
+            )
+        })?;
+        pairs.push((k, v));
+    }
+    let param = |name: &str, header_name: &str| -> Result<Option<String>, (String, String)> {
+        let v = match pairs.iter().find(|(k, _)| k == name) {
+            Some((_, v)) => Some(v.clone()),
+            None => headers
+                .get(header_name)
+                .map(|h| h.to_str().map(str::to_string))
+                .transpose()
+                .map_err(|_| {
+                    (
+                        name.to_string(),
+                        format!("Header '{header_name}' is not valid text"),
+                    )
+                })?,
+        };
+        match v {
+            Some(v) if v.trim().is_empty() => Err((
+                name.to_string(),
+                format!("Parameter '{name}' must not be empty"),
+            )),
+            Some(v) if v.len() > 256 => Err((
+                name.to_string(),
+                format!("Parameter '{name}' is longer than 256 bytes"),
+            )),
+            other => Ok(other),
+        }
+    };
+    let service = param("service", "x-myagent-service")?;
+    let tag = param("tag", "x-myagent-tag")?;
+    let session_id = param("session_id", "x-myagent-session-id")?;
+    let hint = match param("routing_hint", "x-myagent-routing-hint")? {
+        Some(h) => Some(Strategy::parse(&h).map_err(|e| {
+            (
+                "routing_hint".to_string(),
+                format!("Invalid routing_hint: {e}"),
+            )
+        })?),
+        None => None,
+    };
+    Ok(RouteRequest {
+        service,
+        tag,
+        session_id,
+        hint,
+        headers: headers.clone(),
+        query: pairs,
+        client_ip: Some(client_ip),
+        path: path.to_string(),
+    })
+}
+
+fn handle_request(
+    mut req: Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    if path != "/ws" {
+        return http_error(
+            StatusCode::NOT_FOUND,
+            "INVALID_REQUEST",
+            "Not found: WebSocket clients connect to /ws",
+            Some("path"),
+        );
+    }
+    let h = req.headers();
+    if req.method() != Method::GET
+        || !header_has_token(h, header::CONNECTION, "upgrade")
+        || !header_has_token(h, header::UPGRADE, "websocket")
+    {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "Expected a WebSocket upgrade (GET with Connection: Upgrade, Upgrade: websocket)",
+            Some("upgrade"),
+        );
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        let mut r = http_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "Unsupported Sec-WebSocket-Version (13 required)",
+            Some("sec-websocket-version"),
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return r;
+    }
+    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).filter(|k| k.len() == 24) else {
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "INVALID_REQUEST",
+            "Missing or malformed Sec-WebSocket-Key",
+            Some("sec-websocket-key"),
+        );
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let client_ip = peer.ip();
+    let route_req = match parse_route_request(req.uri().query(), h, &path, client_ip) {
+        Ok(r) => r,
+        Err((field, msg)) => {
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_REQUEST",
+                &msg,
+                Some(&field),
+            )
+        }
+    };
+    if !shared.ready() {
+        shared
+            .metrics
+            .connections_rejected
+            .with_label_values(&["not_ready"])
+            .inc();
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ROUTING_FAILED",
+            "Proxy has no routing configuration yet",
+            None,
+        );
+    }
+    // Reserve a slot before the upgrade; the guard releases it when the connection ends.
+    let prev = shared.active.fetch_add(1, Ordering::AcqRel);
+    if prev >= shared.settings.max_connections {
+        shared.active.fetch_sub(1, Ordering::AcqRel);
+        shared
+            .metrics
+            .connections_rejected
+            .with_label_values(&["max_connections"])
+            .inc();
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "INSUFFICIENT_RESOURCES",
+            &format!(
+                "Proxy is at its connection limit ({})",
+                shared.settings.max_connections
+            ),
+            None,
+        );
+    }
+    let guard = ActiveGuard(shared.clone());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let connection_id = uuid::Uuid::new_v4().to_string();
+    tracker.spawn(async move {
+        let _guard = guard;
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        shared.metrics.connections_total.inc();
+        let ws = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(conn::ws_config(&shared)),
+        )
+        .await;
+        conn::handle(
+            shared.clone(),
+            ws,
+            Accepted {
+                req: route_req,
+                client_ip,
+                connection_id,
+            },
+        )
+        .await;
+    });
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let hs = resp.headers_mut();
+    hs.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    hs.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        hs.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    resp
+}
+
+struct ActiveGuard(Arc<Shared>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(q: &str) -> Result<RouteRequest, (String, String)> {
+        parse_route_request(
+            Some(q),
+            &HeaderMap::new(),
+            "/ws",
+            "127.0.0.1".parse().unwrap(),
+        )
+    }
+
+    #[test]
+    fn query_parameters() {
+        let r = parse("service=weather%2Dagent&routing_hint=round_robin&x=a+b").unwrap();
+        assert_eq!(r.service.as_deref(), Some("weather-agent"));
+        assert_eq!(r.hint, Some(Strategy::RoundRobin));
+        assert!(r.query.contains(&("x".to_string(), "a b".to_string())));
+        assert_eq!(parse("routing_hint=fastest").unwrap_err().0, "routing_hint");
+        assert_eq!(parse("service=").unwrap_err().0, "service");
+        assert_eq!(parse("tag=%20").unwrap_err().0, "tag");
+        assert_eq!(parse("session_id=%zz").unwrap_err().0, "session_id");
+    }
+
+    #[test]
+    fn headers_are_a_fallback() {
+        let mut h = HeaderMap::new();
+        h.insert("x-myagent-tag", HeaderValue::from_static("weather"));
+        h.insert("x-myagent-service", HeaderValue::from_static("from-header"));
+        let r = parse_route_request(
+            Some("service=from-query"),
+            &h,
+            "/ws",
+            "::1".parse().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r.service.as_deref(), Some("from-query"));
+        assert_eq!(r.tag.as_deref(), Some("weather"));
+    }
+}

@@ -1,0 +1,224 @@
+//! Proxy relaying against a fake control plane: events, envelope, headers, frames, close codes,
+//! readiness, metrics.
+
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use myagent_tests::agents::echo_agent;
+use myagent_tests::proxy::*;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn relays_with_envelope_events_and_headers() {
+    let agent = echo_agent().spawn().await;
+    let cp = FakeControlPlane::spawn().await;
+    let proxy = spawn_proxy(&[cp.url()], |_| {}).await;
+
+    // Not ready before a config arrives.
+    let (code, _) = proxy.admin_get("/readyz").await;
+    assert_eq!(code, 503);
+    assert_eq!(proxy.admin_get("/healthz").await.0, 200);
+
+    cp.push(full(
+        3,
+        vec![service("s1", "weather-agent", agent.addr, &["weather"])],
+        vec![],
+    ));
+    cp.wait_ack(3).await;
+    proxy.wait_version(3).await;
+    let (code, body) = proxy.admin_get("/readyz").await;
+    assert_eq!(code, 200, "{body}");
+
+    let (mut ws, routed) = connect_routed(&proxy.ws_url("service=weather-agent")).await;
+    assert_eq!(routed["target_service"], "weather-agent");
+    assert_eq!(routed["service_endpoint"], agent.endpoint());
+    assert_eq!(routed["routing_strategy"], "direct");
+    let session_id = routed["session_id"].as_str().unwrap().to_string();
+    let connection_id = routed["connection_id"].as_str().unwrap().to_string();
+    assert!(uuid::Uuid::parse_str(&session_id).is_ok());
+
+    // JSON text: wrapped, original bytes verbatim.
+    let raw = r#"{"q":"weather in Paris?","n":1.50}"#;
+    send_text(&mut ws, raw).await;
+    let echoed = match next_msg(&mut ws).await {
+        Message::Text(t) => t.to_string(),
+        m => panic!("{m:?}"),
+    };
+    assert!(
+        echoed.starts_with(r#"{"proxy_metadata":{"connection_id":""#),
+        "{echoed}"
+    );
+    assert!(
+        echoed.ends_with(&format!(r#""original_message":{raw}}}"#)),
+        "{echoed}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&echoed).unwrap();
+    let md = &v["proxy_metadata"];
+    assert_eq!(md["connection_id"], connection_id.as_str());
+    assert_eq!(md["target_service"], "weather-agent");
+    assert_eq!(md["routing_strategy"], "direct");
+    assert_eq!(md["session_id"], session_id.as_str());
+    assert!(chrono::DateTime::parse_from_rfc3339(md["timestamp"].as_str().unwrap()).is_ok());
+    assert_eq!(md.as_object().unwrap().len(), 5);
+
+    // Non-JSON text becomes a JSON string.
+    send_text(&mut ws, "plain words").await;
+    let v = next_json(&mut ws).await;
+    assert_eq!(v["original_message"], "plain words");
+
+    // Binary passes untouched.
+    let bin: Vec<u8> = (0..=255).collect();
+    ws.send(Message::Binary(bin.clone().into())).await.unwrap();
+    match next_msg(&mut ws).await {
+        Message::Binary(b) => assert_eq!(b.as_ref(), bin.as_slice()),
+        m => panic!("{m:?}"),
+    }
+
+    // Upstream handshake carried the session and identity.
+    let hs = agent.handshakes().pop().unwrap();
+    assert_eq!(
+        hs.query_param("session_id").as_deref(),
+        Some(session_id.as_str())
+    );
+    assert_eq!(hs.header("x-myagent-session-id"), Some(session_id.as_str()));
+    assert_eq!(
+        hs.header("x-myagent-connection-id"),
+        Some(connection_id.as_str())
+    );
+    assert_eq!(hs.header("x-forwarded-for"), Some("127.0.0.1"));
+
+    // Client close code and reason reach the agent; the client gets its close answered.
+    ws.send(Message::Close(Some(CloseFrame {
+        code: CloseCode::from(4000),
+        reason: "bye".into(),
+    })))
+    .await
+    .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(m) = ws.next().await {
+            if let Ok(Message::Close(f)) = m {
+                return f;
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert_eq!(end.map(|f| u16::from(f.code)), Some(4000));
+
+    // Reports: OPENED, CLOSED, session CREATED/DETACHED and counters reached the control plane.
+    cp.wait_for("connection closed report", Duration::from_secs(10), |ms| {
+        let closed = ms.iter().any(|m| match &m.kind {
+            Some(myagent_proto::v1::proxy_message::Kind::Report(r)) => {
+                r.connections.iter().any(|c| {
+                    c.kind == myagent_proto::v1::connection_event::Kind::Closed as i32
+                        && c.connection.as_ref().is_some_and(|c| {
+                            c.connection_id == connection_id && c.message_count == 6
+                        })
+                })
+            }
+            _ => false,
+        });
+        closed.then_some(())
+    })
+    .await;
+    let reports = cp.reports();
+    let kinds: Vec<i32> = reports
+        .iter()
+        .flat_map(|r| r.sessions.iter().map(|s| s.kind))
+        .collect();
+    assert!(kinds.contains(&(myagent_proto::v1::session_event::Kind::Created as i32)));
+    assert!(kinds.contains(&(myagent_proto::v1::session_event::Kind::Detached as i32)));
+    let msgs_in: u64 = reports
+        .iter()
+        .flat_map(|r| r.counters.iter())
+        .filter(|c| c.service_id == "s1")
+        .map(|c| c.messages_in)
+        .sum();
+    assert_eq!(msgs_in, 3);
+
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("myagent_proxy_config_version 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("myagent_proxy_connections_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("myagent_proxy_messages_total{direction=\"client_to_agent\"} 3"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn envelope_off_and_agent_paths_kept() {
+    let agent = echo_agent().spawn().await;
+    let cp = FakeControlPlane::spawn().await;
+    let proxy = spawn_proxy(&[cp.url()], |_| {}).await;
+    let mut s = service("s1", "raw", agent.addr, &[]);
+    s.proxy_metadata = false;
+    s.endpoint = format!("ws://{}/agent/v1?token=abc", agent.addr);
+    cp.push(full(1, vec![s], vec![]));
+    proxy.wait_version(1).await;
+    let (mut ws, _) = connect_routed(&proxy.ws_url("service=raw")).await;
+    send_text(&mut ws, r#"{"a":1}"#).await;
+    match next_msg(&mut ws).await {
+        Message::Text(t) => assert_eq!(t.as_str(), r#"{"a":1}"#),
+        m => panic!("{m:?}"),
+    }
+    let hs = agent.handshakes().pop().unwrap();
+    assert_eq!(hs.path, "/agent/v1");
+    assert_eq!(hs.query_param("token").as_deref(), Some("abc"));
+    assert!(hs.query_param("session_id").is_some());
+}
+
+#[tokio::test]
+async fn agent_normal_close_ends_the_client_connection() {
+    let agent = echo_agent().spawn().await;
+    let other = echo_agent().spawn().await;
+    let cp = FakeControlPlane::spawn().await;
+    let proxy = spawn_proxy(&[cp.url()], |_| {}).await;
+    cp.push(full(
+        1,
+        vec![
+            service("s1", "a", agent.addr, &["t"]),
+            service("s2", "b", other.addr, &["t"]),
+        ],
+        vec![],
+    ));
+    proxy.wait_version(1).await;
+    let (mut ws, routed) = connect_routed(&proxy.ws_url("tag=t")).await;
+    send_text(&mut ws, "hi").await;
+    let _ = next_msg(&mut ws).await;
+    let served_by = if routed["target_service"] == "a" {
+        &agent
+    } else {
+        &other
+    };
+    served_by.close_connections(1000, "conversation over");
+    let (code, reason, _) = read_until_close(&mut ws).await;
+    assert_eq!((code, reason.as_str()), (1000, "conversation over"));
+}
+
+#[tokio::test]
+async fn real_binary_prints_addresses_and_serves_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = ProxyProcess::spawn(&[
+        "--control-plane",
+        "http://127.0.0.1:9",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ])
+    .await;
+    let (code, body) = http_get(p.admin_addr, "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(http_get(p.admin_addr, "/readyz").await.0, 503);
+    // Garbage on the WebSocket port: an HTTP 400, and the proxy lives on.
+    let (code, _) = raw_http(p.ws_addr, "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(code, 400);
+    assert_eq!(http_get(p.admin_addr, "/healthz").await.0, 200);
+}

@@ -1,0 +1,244 @@
+//! Supervisor with real agent processes on the embedded store: start/stop/restart, start
+//! failures with stderr, PORT_IN_USE, no orphans, automatic restarts with backoff.
+
+mod supervisor_support;
+
+use std::time::Duration;
+
+use myagent_control_plane::error::Error;
+use myagent_control_plane::model::ServiceStatus;
+use myagent_control_plane::supervisor::lifecycle;
+use supervisor_support::{agent_port, alive, echo_agent, env, Fixture};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_stop_restart_a_managed_agent() {
+    let fx = Fixture::start().await;
+    let port = agent_port();
+    let def = fx.register("echo", Some(echo_agent()), port, |_| {}).await;
+
+    let rt = lifecycle::start(&fx.ctx, &def).await.expect("start");
+    assert_eq!(rt.status, ServiceStatus::Running);
+    let pid = rt.pid.expect("pid");
+    assert!(alive(pid));
+    assert_eq!(rt.command[0], "python3");
+    assert_eq!(rt.leader, "replica-test");
+    assert!(rt.started_at.is_some());
+    // The port now speaks WebSocket.
+    let probe =
+        myagent_control_plane::health::probe::handshake("127.0.0.1", port, Duration::from_secs(2))
+            .await;
+    assert!(probe.ok, "{probe:?}");
+    // Start again: already running, same process.
+    assert_eq!(
+        lifecycle::start(&fx.ctx, &def).await.unwrap().pid,
+        Some(pid)
+    );
+
+    let rt = lifecycle::restart(&fx.ctx, &def, None, String::new())
+        .await
+        .expect("restart");
+    assert_eq!(rt.status, ServiceStatus::Running);
+    let pid2 = rt.pid.unwrap();
+    assert_ne!(pid, pid2);
+    assert!(!alive(pid), "old process gone after restart");
+
+    let rt = lifecycle::stop(&fx.ctx, &def).await.expect("stop");
+    assert_eq!(rt.status, ServiceStatus::Stopped);
+    assert_eq!(rt.pid, None);
+    assert!(!alive(pid2));
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_at_once_is_service_start_failed_with_stderr() {
+    let fx = Fixture::start().await;
+    let def = fx
+        .register("broken", Some(echo_agent()), agent_port(), |c| {
+            c.env = env(&[("ECHO_EXIT_AT_ONCE", "2")])
+        })
+        .await;
+    let started = std::time::Instant::now();
+    let err = lifecycle::start(&fx.ctx, &def)
+        .await
+        .expect_err("must fail");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "reported at once, not after the startup timeout"
+    );
+    match &err {
+        Error::ServiceStartFailed {
+            stderr, message, ..
+        } => {
+            assert!(message.contains("exited with code 2"), "{message}");
+            assert!(
+                stderr
+                    .iter()
+                    .any(|l| l.contains("simulated configuration error")),
+                "{stderr:?}"
+            );
+        }
+        other => panic!("expected SERVICE_START_FAILED, got {other:?}"),
+    }
+    assert_eq!(err.code(), "SERVICE_START_FAILED");
+    let rt = fx.runtime(&def.id).await.unwrap();
+    assert_eq!(rt.status, ServiceStatus::Error);
+    assert_eq!(rt.last_exit_code, Some(2));
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_handshake_times_out_and_is_killed() {
+    let fx = Fixture::start().await;
+    let def = fx
+        .register("hung", Some(echo_agent()), agent_port(), |c| {
+            c.env = env(&[("ECHO_HANG_HANDSHAKE", "1")]);
+            c.startup_timeout = 1.5;
+        })
+        .await;
+    let err = lifecycle::start(&fx.ctx, &def)
+        .await
+        .expect_err("must fail");
+    assert_eq!(err.code(), "SERVICE_START_FAILED");
+    assert!(err.to_string().contains("no WebSocket handshake"), "{err}");
+    let rt = fx.runtime(&def.id).await.unwrap();
+    assert_eq!(rt.pid, None);
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn port_held_by_another_listener_is_port_in_use() {
+    let fx = Fixture::start().await;
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let def = fx.register("clash", Some(echo_agent()), port, |_| {}).await;
+    let err = lifecycle::start(&fx.ctx, &def)
+        .await
+        .expect_err("must fail");
+    assert_eq!(err.code(), "PORT_IN_USE", "{err:?}");
+
+    // Another registered, running service on the same port names its owner.
+    drop(holder);
+    let first = fx.register("first", Some(echo_agent()), port, |_| {}).await;
+    lifecycle::start(&fx.ctx, &first)
+        .await
+        .expect("first starts");
+    let second = fx
+        .register("second", Some(echo_agent()), port, |_| {})
+        .await;
+    match lifecycle::start(&fx.ctx, &second).await {
+        Err(Error::PortInUse { owner, .. }) => assert_eq!(owner.as_deref(), Some("first")),
+        other => panic!("expected PORT_IN_USE, got {other:?}"),
+    }
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_kills_the_agents_children_too() {
+    let fx = Fixture::start().await;
+    let def = fx
+        .register("parent", Some(echo_agent()), agent_port(), |c| {
+            c.env = env(&[("ECHO_SPAWN_CHILD", "1"), ("ECHO_IGNORE_SIGTERM", "1")]);
+            c.stop_grace_period = 1.0;
+        })
+        .await;
+    let rt = lifecycle::start(&fx.ctx, &def).await.expect("start");
+    let pid = rt.pid.unwrap();
+    let child =
+        myagent_tests::wait::until("child pid in the logs", Duration::from_secs(5), || async {
+            let q = myagent_control_plane::logs::LogQuery {
+                limit: 100,
+                ..Default::default()
+            };
+            let (lines, _) = fx.logs.query(&def.id, q).await.unwrap();
+            lines.iter().find_map(|e| {
+                e.message
+                    .strip_prefix("child_pid=")
+                    .and_then(|p| p.trim().parse::<i32>().ok())
+            })
+        })
+        .await;
+    assert!(alive(child));
+    let started = std::time::Instant::now();
+    let rt = lifecycle::stop(&fx.ctx, &def).await.expect("stop");
+    assert_eq!(rt.status, ServiceStatus::Stopped);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "SIGTERM was ignored, so SIGKILL came after the grace"
+    );
+    myagent_tests::assert_eventually!(
+        Duration::from_secs(5),
+        !alive(pid) && !alive(child),
+        "agent {pid} and child {child} gone"
+    );
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_is_restarted_with_backoff_then_gives_up() {
+    let fx = Fixture::start().await;
+    let def = fx
+        .register("crashy", Some(echo_agent()), agent_port(), |c| {
+            c.env = env(&[("ECHO_CRASH_AFTER", "0.3")]);
+            c.max_restarts = 3;
+            c.restart_window = 60.0;
+        })
+        .await;
+    let first = lifecycle::start(&fx.ctx, &def).await.expect("start");
+    let first_pid = first.pid.unwrap();
+    // It crashes, comes back under a new pid, with the numbers in the runtime.
+    let rt =
+        myagent_tests::wait::until("an automatic restart", Duration::from_secs(10), || async {
+            fx.runtime(&def.id).await.filter(|r| {
+                r.restart_count >= 1
+                    && r.status == ServiceStatus::Running
+                    && r.pid != Some(first_pid)
+            })
+        })
+        .await;
+    assert_eq!(rt.last_exit_code, Some(3));
+    // Then it keeps crashing and the policy gives up.
+    let rt = fx
+        .wait_status(&def.id, ServiceStatus::Error, Duration::from_secs(20))
+        .await;
+    assert_eq!(rt.restart_count, 3, "{rt:?}");
+    assert!(
+        rt.last_error.as_deref().unwrap_or("").contains("gave up"),
+        "{rt:?}"
+    );
+    assert_eq!(rt.next_restart_in_seconds, 0.0);
+    // A later operator start tries again.
+    let again = lifecycle::start(&fx.ctx, &def)
+        .await
+        .expect("start after give-up");
+    assert_eq!(again.status, ServiceStatus::Running);
+    fx.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_leadership_stops_the_processes() {
+    let fx = Fixture::start().await;
+    let def = fx
+        .register("lead", Some(echo_agent()), agent_port(), |_| {})
+        .await;
+    let pid = lifecycle::start(&fx.ctx, &def).await.unwrap().pid.unwrap();
+    fx.leader.send(false).unwrap();
+    myagent_tests::assert_eventually!(
+        Duration::from_secs(10),
+        !alive(pid),
+        "agent stopped after leadership loss"
+    );
+    // Leading again: desired=running is reconciled, a new process starts.
+    fx.leader.send(true).unwrap();
+    let rt = myagent_tests::wait::until(
+        "restart under the new term",
+        Duration::from_secs(10),
+        || async {
+            fx.runtime(&def.id)
+                .await
+                .filter(|r| r.status == ServiceStatus::Running && r.pid.is_some_and(|p| p != pid))
+        },
+    )
+    .await;
+    assert!(alive(rt.pid.unwrap()));
+    fx.shutdown().await;
+}
