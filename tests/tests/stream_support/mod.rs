@@ -80,6 +80,7 @@ impl Replica {
             data_dir: dir.path().to_path_buf(),
             is_leader: leader_rx,
             shutdown: shutdown.clone(),
+            metrics: myagent_control_plane::metrics::Metrics::new().unwrap(),
         };
         let hub = Hub::start(ctx.clone(), cfg);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
