@@ -1,0 +1,155 @@
+//! The HTTP surface: `/api/v1` routes, the OpenAPI document, `/healthz`, `/metrics`, and JSON
+//! errors for unknown routes, wrong methods, oversized bodies and panics.
+
+pub mod connections;
+pub mod monitoring;
+pub mod routing;
+pub mod services;
+
+use std::any::Any;
+
+use axum::extract::{DefaultBodyLimit, FromRef, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+
+use crate::error::{ApiError, ErrorBody, INTERNAL, INVALID_REQUEST};
+use crate::metrics::{self, Metrics};
+use crate::upstream::Upstream;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub upstream: Upstream,
+    pub metrics: Metrics,
+}
+
+impl FromRef<AppState> for Upstream {
+    fn from_ref(s: &AppState) -> Self {
+        s.upstream.clone()
+    }
+}
+
+impl FromRef<AppState> for Metrics {
+    fn from_ref(s: &AppState) -> Self {
+        s.metrics.clone()
+    }
+}
+
+/// Every route of the gateway.
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    let api = Router::new()
+        .route("/services", post(services::register).get(services::list))
+        .route(
+            "/services/{id}",
+            get(services::get).delete(services::delete),
+        )
+        .route("/services/{id}/config", put(services::update_config))
+        .route("/services/{id}/start", post(services::start))
+        .route("/services/{id}/stop", post(services::stop))
+        .route("/services/{id}/restart", post(services::restart))
+        .route("/connections", get(connections::list))
+        .route(
+            "/connections/{id}/disconnect",
+            post(connections::disconnect),
+        )
+        .route("/notifications", post(connections::notify))
+        .route("/routing/rules", post(routing::create).get(routing::list))
+        .route(
+            "/routing/rules/{id}",
+            get(routing::get)
+                .put(routing::update)
+                .delete(routing::delete),
+        )
+        .route("/stats/overview", get(monitoring::overview))
+        .route("/stats/timeseries", get(monitoring::timeseries))
+        .route("/health/services/{id}", get(monitoring::health))
+        .route("/health/services/{id}/check", post(monitoring::check))
+        .route("/health/services/{id}/history", get(monitoring::history))
+        .route("/logs/services/{id}", get(monitoring::logs))
+        .route("/logs/search", get(monitoring::search))
+        .route("/openapi.json", get(openapi_json))
+        .method_not_allowed_fallback(method_not_allowed);
+
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::serve))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            // The path only: query strings may carry user data.
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+        }))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn not_found(req: Request) -> ApiError {
+    let path = req.uri().path().to_string();
+    ApiError::new(
+        INVALID_REQUEST,
+        format!("No such endpoint: {} {}", req.method(), path),
+    )
+    .with_detail("path", path)
+    .with_status(StatusCode::NOT_FOUND)
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    let path = req.uri().path().to_string();
+    ApiError::new(
+        INVALID_REQUEST,
+        format!("Method {} is not allowed on {}", req.method(), path),
+    )
+    .with_detail("path", path)
+    .with_detail("method", req.method().as_str())
+    .with_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    ApiError::new(INTERNAL, "internal error").into_response()
+}
+
+/// The OpenAPI 3 document of `/api/v1`, generated from the handler and wire types.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "myagent-manager REST API",
+        description = "Agent service registry, lifecycle, routing, connections, stats, health and logs."
+    ),
+    paths(
+        services::register, services::list, services::get, services::update_config,
+        services::delete, services::start, services::stop, services::restart,
+        connections::list, connections::disconnect, connections::notify,
+        routing::create, routing::list, routing::get, routing::update, routing::delete,
+        monitoring::overview, monitoring::timeseries, monitoring::health, monitoring::check,
+        monitoring::history, monitoring::logs, monitoring::search,
+    ),
+    components(schemas(ErrorBody)),
+    tags(
+        (name = "services", description = "Service registry and lifecycle (seed §1.1)"),
+        (name = "connections", description = "Connections and notifications (seed §1.2)"),
+        (name = "routing", description = "Routing rules (seed §1.3)"),
+        (name = "stats", description = "Statistics (seed §1.4)"),
+        (name = "health", description = "Health checks (seed §1.5)"),
+        (name = "logs", description = "Logs (seed §1.6)"),
+    )
+)]
+pub struct ApiDoc;
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}

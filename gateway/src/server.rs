@@ -1,0 +1,169 @@
+//! Bind, then run: `bind` opens the listener (port 0 allowed) and builds the lazy upstream
+//! channel; `Bound::run` serves until the cancellation token fires, then drains gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use hyper_util::service::TowerToHyperService;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{router, AppState};
+use crate::config::Cli;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
+
+/// A gateway whose listener is bound; `listen_addr` is the real address (port 0 resolved).
+pub struct Bound {
+    pub listen_addr: SocketAddr,
+    /// `https` when the listener serves TLS, else `http`.
+    pub scheme: &'static str,
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+}
+
+/// Validates the configuration, builds the (lazy) control-plane channel and binds the listener.
+/// Does not contact the control plane.
+pub async fn bind(cli: Cli) -> Result<Bound> {
+    if cli.max_body_bytes == 0 {
+        return Err(Error::Config("--max-body-bytes must be at least 1".into()));
+    }
+    let upstream = Upstream::new(&cli)?;
+    let metrics = Metrics::new().map_err(|e| Error::Config(format!("metrics: {e}")))?;
+    let tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+        _ => None,
+    };
+    let listener = TcpListener::bind(cli.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: cli.listen,
+            source,
+        })?;
+    let listen_addr = listener.local_addr()?;
+    let app = router(AppState { upstream, metrics }, cli.max_body_bytes);
+    Ok(Bound {
+        listen_addr,
+        scheme: if tls.is_some() { "https" } else { "http" },
+        listener,
+        app,
+        tls,
+    })
+}
+
+impl Bound {
+    /// Base URL of the listener, e.g. `http://127.0.0.1:8000`.
+    pub fn base_url(&self) -> String {
+        format!("{}://{}", self.scheme, self.listen_addr)
+    }
+
+    /// Serves until `shutdown` is cancelled; in-flight requests then finish.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        tracing::info!(addr = %self.listen_addr, scheme = self.scheme, "gateway listening");
+        match self.tls {
+            None => {
+                axum::serve(self.listener, self.app)
+                    .with_graceful_shutdown(shutdown.cancelled_owned())
+                    .await?;
+            }
+            Some(acceptor) => serve_tls(self.listener, acceptor, self.app, shutdown).await,
+        }
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}
+
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> Result<TlsAcceptor> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<std::result::Result<_, _>>())
+        .map_err(|e| Error::Tls(format!("--tls-cert {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(Error::Tls(format!(
+            "--tls-cert {}: no certificate",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| Error::Tls(format!("--tls-key {}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| Error::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// axum::serve has no TLS; this is the same loop over rustls streams.
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    app: Router,
+    shutdown: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let builder = ConnBuilder::new(TokioExecutor::new());
+            let conn = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(app),
+            );
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
+                    }
+                }
+                _ = shutdown.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}

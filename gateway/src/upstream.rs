@@ -1,0 +1,155 @@
+//! The gateway's only dependency: a lazy gRPC channel to the control plane (one URL, or several
+//! balanced with failover), the generated clients, and per-call metadata (auth, deadline).
+
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue};
+use myagent_proto::v1 as pb;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::Cli;
+use crate::error::{ApiError, Error, Result};
+
+type Services = pb::service_registry_client::ServiceRegistryClient<Channel>;
+type Rules = pb::routing_rules_client::RoutingRulesClient<Channel>;
+type Connections = pb::connections_client::ConnectionsClient<Channel>;
+type Stats = pb::stats_client::StatsClient<Channel>;
+type Health = pb::health_checks_client::HealthChecksClient<Channel>;
+type Logs = pb::logs_client::LogsClient<Channel>;
+
+/// Cheap to clone: every clone shares the one channel.
+#[derive(Clone)]
+pub struct Upstream {
+    channel: Channel,
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// Builds the channel without connecting: the gateway starts even while the control plane
+    /// is down, and calls made meanwhile answer 503.
+    pub fn new(cli: &Cli) -> Result<Self> {
+        let tls = client_tls(cli)?;
+        let mut endpoints = Vec::with_capacity(cli.control_plane.len());
+        for url in cli
+            .control_plane
+            .iter()
+            .map(|u| u.trim())
+            .filter(|u| !u.is_empty())
+        {
+            let mut ep = Endpoint::from_shared(url.to_string())
+                .map_err(|e| Error::Config(format!("--control-plane `{url}`: {e}")))?
+                .connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(true);
+            if let Some(tls) = &tls {
+                ep = ep
+                    .tls_config(tls.clone())
+                    .map_err(|e| Error::Tls(format!("control plane `{url}`: {e}")))?;
+            }
+            endpoints.push(ep);
+        }
+        let channel = match endpoints.len() {
+            0 => {
+                return Err(Error::Config(
+                    "--control-plane needs at least one URL".into(),
+                ))
+            }
+            1 => endpoints.remove(0).connect_lazy(),
+            // p2c balancing over the replicas; a replica whose connection fails is skipped.
+            _ => Channel::balance_list(endpoints.into_iter()),
+        };
+        Ok(Upstream {
+            channel,
+            timeout: cli.request_timeout(),
+        })
+    }
+
+    pub fn services(&self) -> Services {
+        Services::new(self.channel.clone())
+    }
+    pub fn rules(&self) -> Rules {
+        Rules::new(self.channel.clone())
+    }
+    pub fn connections(&self) -> Connections {
+        Connections::new(self.channel.clone())
+    }
+    pub fn stats(&self) -> Stats {
+        Stats::new(self.channel.clone())
+    }
+    pub fn health(&self) -> Health {
+        Health::new(self.channel.clone())
+    }
+    pub fn logs(&self) -> Logs {
+        Logs::new(self.channel.clone())
+    }
+
+    /// Wraps a message with the client's `Authorization` (passed through unchanged) and a
+    /// deadline of the request timeout plus any `wait_for_sync`.
+    pub fn request<T>(&self, auth: &Auth, msg: T, wait_for_sync: f64) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        if let Some(v) = &auth.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        req.set_timeout(self.timeout + Duration::from_secs_f64(wait_for_sync.max(0.0)));
+        req
+    }
+}
+
+fn client_tls(cli: &Cli) -> Result<Option<ClientTlsConfig>> {
+    let wants_tls = cli.control_plane_ca.is_some()
+        || cli.control_plane_cert.is_some()
+        || cli
+            .control_plane
+            .iter()
+            .any(|u| u.trim().starts_with("https://"));
+    if !wants_tls {
+        return Ok(None);
+    }
+    let mut tls = ClientTlsConfig::new();
+    if let Some(ca) = &cli.control_plane_ca {
+        let pem = std::fs::read(ca)
+            .map_err(|e| Error::Tls(format!("--control-plane-ca {}: {e}", ca.display())))?;
+        tls = tls.ca_certificate(Certificate::from_pem(pem));
+    }
+    if let (Some(cert), Some(key)) = (&cli.control_plane_cert, &cli.control_plane_key) {
+        let c = std::fs::read(cert)
+            .map_err(|e| Error::Tls(format!("--control-plane-cert {}: {e}", cert.display())))?;
+        let k = std::fs::read(key)
+            .map_err(|e| Error::Tls(format!("--control-plane-key {}: {e}", key.display())))?;
+        tls = tls.identity(Identity::from_pem(c, k));
+    }
+    if let Some(domain) = &cli.control_plane_domain {
+        tls = tls.domain_name(domain.clone());
+    }
+    Ok(Some(tls))
+}
+
+/// The client's `Authorization` header, forwarded as gRPC metadata without inspection: the
+/// control plane alone decides (DESIGN §10). Never logged.
+#[derive(Clone, Default)]
+pub struct Auth(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        match parts.headers.get(header::AUTHORIZATION) {
+            None => Ok(Auth(None)),
+            Some(v) => to_metadata(v).map(|m| Auth(Some(m))).ok_or_else(|| {
+                ApiError::new(
+                    crate::error::UNAUTHORIZED,
+                    "The Authorization header is not valid ASCII",
+                )
+            }),
+        }
+    }
+}
+
+fn to_metadata(v: &HeaderValue) -> Option<MetadataValue<tonic::metadata::Ascii>> {
+    let s = v.to_str().ok()?;
+    MetadataValue::try_from(s).ok()
+}
