@@ -488,5 +488,18 @@ pub struct DeleteResponse {
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct WriteQuery {
+    /// Seconds, 0..=3600 (0 = do not wait).
+    #[serde(default, deserialize_with = "wait_seconds")]
     pub wait_for_sync: Option<f64>,
+}
+
+/// Checked while the query string is parsed, so a bad value is reported before the body is read.
+fn wait_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    let v = Option::<f64>::deserialize(d)?;
+    match v {
+        Some(s) if !(s.is_finite() && (0.0..=3600.0).contains(&s)) => Err(
+            serde::de::Error::custom("must be a number of seconds between 0 and 3600"),
+        ),
+        other => Ok(other),
+    }
 }

@@ -1,0 +1,55 @@
+//! The real binary's flag handling: `--help` lists every flag, bad flags exit non-zero.
+
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_myagent-gateway"))
+}
+
+#[test]
+fn help_lists_every_flag_and_env_twin() {
+    let out = bin().arg("--help").output().expect("run --help");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--listen",
+        "--control-plane",
+        "--request-timeout",
+        "--max-body-bytes",
+        "--tls-cert",
+        "--tls-key",
+        "--control-plane-ca",
+        "--log-format",
+        "MYAGENT_LISTEN",
+        "MYAGENT_CONTROL_PLANE",
+        "0.0.0.0:8000",
+        "http://127.0.0.1:50051",
+    ] {
+        assert!(text.contains(flag), "--help lacks {flag}:\n{text}");
+    }
+}
+
+#[test]
+fn unknown_flag_fails() {
+    let out = bin().arg("--no-such-flag").output().expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+}
+
+#[test]
+fn bad_listen_address_fails() {
+    let out = bin()
+        .args(["--listen", "not-an-address"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+}
+
+#[test]
+fn bad_control_plane_url_is_a_usage_error() {
+    let out = bin()
+        .args(["--listen", "127.0.0.1:0", "--control-plane", "not a url"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+}
