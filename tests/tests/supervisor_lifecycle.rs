@@ -242,3 +242,44 @@ async fn losing_leadership_stops_the_processes() {
     assert!(alive(rt.pid.unwrap()));
     fx.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_honours_grace_and_process_stats_are_sampled() {
+    let fx = Fixture::start().await;
+    let def = fx
+        .register("graceful", Some(echo_agent()), agent_port(), |_| {})
+        .await;
+    let pid = lifecycle::start(&fx.ctx, &def).await.unwrap().pid.unwrap();
+    // Memory and CPU of the process tree reach the runtime within a few seconds.
+    let rt = myagent_tests::wait::until("process stats", Duration::from_secs(10), || async {
+        fx.runtime(&def.id).await.filter(|r| r.memory_mb > 0.0)
+    })
+    .await;
+    assert!(
+        rt.memory_mb > 1.0 && rt.memory_mb < 1024.0,
+        "python agent RSS {} MB",
+        rt.memory_mb
+    );
+    assert!(rt.cpu_percent >= 0.0);
+
+    let t = std::time::Instant::now();
+    let rt = lifecycle::restart(&fx.ctx, &def, Some(1), "upgrading".into())
+        .await
+        .expect("restart");
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "grace period honoured"
+    );
+    assert_eq!(rt.status, ServiceStatus::Running);
+    assert_ne!(rt.pid, Some(pid));
+    let q = myagent_control_plane::logs::LogQuery {
+        limit: 200,
+        ..Default::default()
+    };
+    let (lines, _) = fx.logs.query(&def.id, q).await.unwrap();
+    assert!(lines
+        .iter()
+        .any(|l| l.source == myagent_control_plane::logs::Source::Manager
+            && l.message.contains("upgrading")));
+    fx.shutdown().await;
+}

@@ -1,1 +1,19 @@
-//! Statistics: per-service counters, overview, time series sampling and retention.
+//! Statistics: per-service figures, the overview, and the leader-sampled time series with
+//! their downsampling and retention (DESIGN §4, §7, §9; seed §1.1, §1.4).
+//!
+//! Stored under `stats/`: the proxies' counters and completed-session totals (written by the
+//! config stream), `stats/summary` (peaks, day baselines) and `stats/ts/...` (time series),
+//! both written by the leader's sampler.
+
+pub mod overview;
+pub mod query;
+pub mod records;
+pub mod sampler;
+pub mod series;
+pub mod service_stats;
+pub mod spec;
+pub mod summary;
+
+pub use overview::{overview, Overview};
+pub use sampler::SamplerConfig;
+pub use service_stats::{per_service, Figures};

@@ -10,6 +10,7 @@
 //! process that could own them is this one, so on open every key still attached to a lease
 //! from a previous run is deleted (its owner is certainly gone).
 
+mod commit;
 mod hub;
 
 use std::collections::{BTreeSet, HashMap};
@@ -22,9 +23,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use self::hub::Hub;
-use super::{
-    Compare, KeyValue, LeaseId, Revision, Store, Txn, TxnOp, TxnResponse, WatchEvent, WatchStream,
-};
+use super::{KeyValue, LeaseId, Revision, Store, Txn, TxnOp, TxnResponse, WatchStream};
 use crate::error::{Error, Result};
 
 /// key -> encoded `KeyValue` (see `encode`).
@@ -84,6 +83,8 @@ struct Core {
 struct Shared {
     db: Database,
     core: Mutex<Core>,
+    /// Writes waiting for the next group commit (see `commit.rs`).
+    pending: Mutex<Vec<commit::Job>>,
     /// Declared after `db` so it drops after the file is closed.
     _closing: ClosingGuard,
 }
@@ -107,97 +108,6 @@ impl Drop for ClosingGuard {
     }
 }
 
-/// The writes of one transaction, staged against an open redb table at revision `revision`.
-struct Writer<'a, 't> {
-    table: &'a mut redb::Table<'t, &'static str, &'static [u8]>,
-    leases: &'a HashMap<LeaseId, Lease>,
-    revision: Revision,
-    events: Vec<WatchEvent>,
-    /// (key, old lease, new lease), applied to the lease map after the commit succeeds.
-    lease_moves: Vec<(String, LeaseId, LeaseId)>,
-    /// A lease to forget once the write is committed (in the same critical section, so no
-    /// put can attach a key to it in between).
-    revoke: Option<LeaseId>,
-}
-
-impl Writer<'_, '_> {
-    fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        match self.table.get(key).map_err(storage)? {
-            Some(raw) => Ok(Some(decode(key, raw.value())?)),
-            None => Ok(None),
-        }
-    }
-
-    fn holds(&self, compare: &Compare) -> Result<bool> {
-        Ok(match compare {
-            Compare::Absent(k) => self.get(k)?.is_none(),
-            Compare::Exists(k) => self.get(k)?.is_some(),
-            Compare::ModRevision(k, rev) => self.get(k)?.map_or(0, |kv| kv.mod_revision) == *rev,
-            Compare::Value(k, v) => self.get(k)?.is_some_and(|kv| &kv.value == v),
-        })
-    }
-
-    fn put(&mut self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<()> {
-        let lease = lease.unwrap_or(0);
-        if lease != 0 && !self.leases.contains_key(&lease) {
-            return Err(Error::Internal(format!("lease {lease} not found")));
-        }
-        let old = self.get(key)?;
-        let create = old.as_ref().map_or(self.revision, |kv| kv.create_revision);
-        let raw = encode(create, self.revision, lease, &value);
-        self.table.insert(key, raw.as_slice()).map_err(storage)?;
-        self.lease_moves
-            .push((key.to_string(), old.map_or(0, |kv| kv.lease), lease));
-        self.events.push(WatchEvent::Put(KeyValue {
-            key: key.to_string(),
-            value,
-            create_revision: create,
-            mod_revision: self.revision,
-            lease,
-        }));
-        Ok(())
-    }
-
-    fn delete(&mut self, key: &str) -> Result<bool> {
-        let old = match self.table.remove(key).map_err(storage)? {
-            Some(raw) => decode(key, raw.value())?,
-            None => return Ok(false),
-        };
-        self.lease_moves.push((key.to_string(), old.lease, 0));
-        self.events.push(WatchEvent::Delete {
-            key: key.to_string(),
-            mod_revision: self.revision,
-        });
-        Ok(true)
-    }
-
-    fn delete_prefix(&mut self, prefix: &str) -> Result<u64> {
-        let keys = {
-            let mut keys = Vec::new();
-            for entry in self.table.range::<&str>(prefix..).map_err(storage)? {
-                let (k, _) = entry.map_err(storage)?;
-                let k = k.value();
-                if !k.starts_with(prefix) {
-                    break;
-                }
-                keys.push(k.to_string());
-            }
-            keys
-        };
-        for k in &keys {
-            self.delete(k)?;
-        }
-        Ok(keys.len() as u64)
-    }
-
-    fn apply(&mut self, op: TxnOp) -> Result<()> {
-        match op {
-            TxnOp::Put { key, value, lease } => self.put(&key, value, lease),
-            TxnOp::Delete { key } => self.delete(&key).map(|_| ()),
-        }
-    }
-}
-
 impl Shared {
     fn lock(&self) -> Result<MutexGuard<'_, Core>> {
         self.core
@@ -205,57 +115,9 @@ impl Shared {
             .map_err(|_| Error::internal("embedded store: core lock poisoned"))
     }
 
-    /// Runs `f` in one write transaction at the next revision. A transaction that changes
-    /// nothing is aborted and does not bump the revision (as in etcd). Returns `f`'s result and
-    /// the store revision afterwards.
-    fn write<R>(&self, f: impl FnOnce(&mut Writer<'_, '_>) -> Result<R>) -> Result<(R, Revision)> {
-        let mut core = self.lock()?;
-        let revision = core.revision + 1;
-        let txn = self.db.begin_write().map_err(storage)?;
-        let (out, events, lease_moves, revoke) = {
-            let mut table = txn.open_table(KV).map_err(storage)?;
-            let mut w = Writer {
-                table: &mut table,
-                leases: &core.leases,
-                revision,
-                events: Vec::new(),
-                lease_moves: Vec::new(),
-                revoke: None,
-            };
-            let out = f(&mut w)?;
-            (out, w.events, w.lease_moves, w.revoke)
-        };
-        if events.is_empty() {
-            txn.abort().map_err(storage)?;
-            if let Some(id) = revoke {
-                core.leases.remove(&id);
-            }
-            return Ok((out, core.revision));
-        }
-        txn.open_table(META)
-            .map_err(storage)?
-            .insert(REVISION, revision)
-            .map_err(storage)?;
-        txn.commit().map_err(storage)?;
-        core.revision = revision;
-        for (key, old, new) in lease_moves {
-            if let Some(l) = core.leases.get_mut(&old) {
-                l.keys.remove(&key);
-            }
-            if let Some(l) = core.leases.get_mut(&new) {
-                l.keys.insert(key);
-            }
-        }
-        if let Some(id) = revoke {
-            core.leases.remove(&id);
-        }
-        core.hub.publish(revision, events);
-        Ok((out, revision))
-    }
-
     /// Deletes the lease and its keys at one revision; false if the lease is unknown.
     fn drop_lease(&self, id: LeaseId) -> Result<bool> {
-        self.write(|w| {
+        self.write(move |w| {
             let Some(lease) = w.leases.get(&id) else {
                 return Ok(false);
             };
@@ -328,6 +190,7 @@ impl EmbeddedStore {
         let revision = Self::init(&db)?;
         let shared = Arc::new(Shared {
             db,
+            pending: Mutex::new(Vec::new()),
             _closing: ClosingGuard(path.clone()),
             core: Mutex::new(Core {
                 revision,
@@ -495,25 +358,28 @@ impl Store for EmbeddedStore {
 
     async fn put(&self, key: &str, value: Vec<u8>, lease: Option<LeaseId>) -> Result<Revision> {
         let key = key.to_string();
-        self.blocking(move |s| s.write(|w| w.put(&key, value, lease)).map(|(_, rev)| rev))
-            .await
+        self.blocking(move |s| {
+            s.write(move |w| w.put(&key, value, lease))
+                .map(|(_, rev)| rev)
+        })
+        .await
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
         let key = key.to_string();
-        self.blocking(move |s| s.write(|w| w.delete(&key)).map(|(existed, _)| existed))
+        self.blocking(move |s| s.write(move |w| w.delete(&key)).map(|(existed, _)| existed))
             .await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         let prefix = prefix.to_string();
-        self.blocking(move |s| s.write(|w| w.delete_prefix(&prefix)).map(|(n, _)| n))
+        self.blocking(move |s| s.write(move |w| w.delete_prefix(&prefix)).map(|(n, _)| n))
             .await
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
         self.blocking(move |s| {
-            let (succeeded, revision) = s.write(|w| {
+            let (succeeded, revision) = s.write(move |w| {
                 let mut succeeded = true;
                 for c in &txn.compares {
                     if !w.holds(c)? {
@@ -522,6 +388,13 @@ impl Store for EmbeddedStore {
                     }
                 }
                 let ops = if succeeded { txn.success } else { txn.failure };
+                // Validate before the first change: a failed write must leave nothing behind,
+                // since it shares its redb transaction with other writers (group commit).
+                for op in &ops {
+                    if let TxnOp::Put { lease, .. } = op {
+                        w.check_lease(*lease)?;
+                    }
+                }
                 for op in ops {
                     w.apply(op)?;
                 }
