@@ -20,11 +20,14 @@ use myagent_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match args.get(1).map(String::as_str) {
         Some("agent") => rt.block_on(agent(flag(&args, "--listen").unwrap_or("127.0.0.1:0"))),
         Some("control") => rt.block_on(control(
@@ -40,11 +43,17 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
 }
 
 fn flags<'a>(args: &'a [String], name: &str) -> Vec<&'a str> {
-    args.windows(2).filter(|w| w[0] == name).map(|w| w[1].as_str()).collect()
+    args.windows(2)
+        .filter(|w| w[0] == name)
+        .map(|w| w[1].as_str())
+        .collect()
 }
 
 // ------------------------------------------------------------------ agent
@@ -57,7 +66,9 @@ async fn agent(listen: &str) -> anyhow::Result<()> {
         let (tcp, _) = l.accept().await?;
         let _ = tcp.set_nodelay(true);
         tokio::spawn(async move {
-            let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else { return };
+            let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                return;
+            };
             // Echo with batching: feed while more frames are ready, flush when idle.
             loop {
                 let m = match ws.next().await {
@@ -72,7 +83,9 @@ async fn agent(listen: &str) -> anyhow::Result<()> {
                 }
                 // Drain whatever else is already buffered before flushing.
                 while let Some(Some(Ok(m))) = futures::FutureExt::now_or_never(ws.next()) {
-                    if matches!(m, Message::Text(_) | Message::Binary(_)) && ws.feed(m).await.is_err() {
+                    if matches!(m, Message::Text(_) | Message::Binary(_))
+                        && ws.feed(m).await.is_err()
+                    {
                         return;
                     }
                 }
@@ -104,7 +117,9 @@ impl pb::proxy_control_server::ProxyControl for StaticControl {
         let mut inbound = req.into_inner();
         // Drain the proxy's messages (hello, acks, reports).
         tokio::spawn(async move { while let Ok(Some(_)) = inbound.message().await {} });
-        let first = pb::ControlMessage { kind: Some(pb::control_message::Kind::Config(self.push.clone())) };
+        let first = pb::ControlMessage {
+            kind: Some(pb::control_message::Kind::Config(self.push.clone())),
+        };
         let s = futures::stream::iter(vec![Ok(first)]).chain(futures::stream::pending());
         Ok(tonic::Response::new(Box::pin(s)))
     }
@@ -137,13 +152,18 @@ async fn control(listen: &str, agent: &str) -> anyhow::Result<()> {
         version: 1,
         nonce: "bench".into(),
         full: true,
-        services: vec![svc("bench-echo", "echo", true), svc("bench-echo-raw", "echo-raw", false)],
+        services: vec![
+            svc("bench-echo", "echo", true),
+            svc("bench-echo-raw", "echo-raw", false),
+        ],
         ..Default::default()
     };
     let l = TcpListener::bind(listen).await?;
     println!("control {}", l.local_addr()?);
     tonic::transport::Server::builder()
-        .add_service(pb::proxy_control_server::ProxyControlServer::new(StaticControl { push }))
+        .add_service(pb::proxy_control_server::ProxyControlServer::new(
+            StaticControl { push },
+        ))
         .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l))
         .await?;
     Ok(())
@@ -163,7 +183,9 @@ struct Target {
 }
 
 fn parse_target(s: &str) -> anyhow::Result<Target> {
-    let (name, rest) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("target NAME=URL[@PID,..]"))?;
+    let (name, rest) = s
+        .split_once('=')
+        .ok_or_else(|| anyhow::anyhow!("target NAME=URL[@PID,..]"))?;
     let (url, pids) = match rest.rsplit_once('@') {
         Some((u, p)) => (u, p.split(',').filter_map(|x| x.parse().ok()).collect()),
         None => (rest, vec![]),
@@ -214,7 +236,9 @@ fn check_echo(t: &Target, sent: &str, got: &Message) -> bool {
         Message::Text(g) => {
             if t.envelope {
                 g.starts_with("{\"proxy_metadata\":")
-                    && g.as_str().strip_suffix('}').is_some_and(|x| x.ends_with(sent))
+                    && g.as_str()
+                        .strip_suffix('}')
+                        .is_some_and(|x| x.ends_with(sent))
                     && g.contains("\"original_message\":")
             } else {
                 g.as_str() == sent
@@ -235,7 +259,13 @@ struct Outcome {
 }
 
 /// `conns` connections each ping-pong `size`-byte messages for `dur` after `warm`.
-async fn pingpong(t: &Target, conns: usize, size: usize, warm: Duration, dur: Duration) -> anyhow::Result<Outcome> {
+async fn pingpong(
+    t: &Target,
+    conns: usize,
+    size: usize,
+    warm: Duration,
+    dur: Duration,
+) -> anyhow::Result<Outcome> {
     let mut wss = Vec::with_capacity(conns);
     for _ in 0..conns {
         wss.push(open(t).await?);
@@ -246,10 +276,17 @@ async fn pingpong(t: &Target, conns: usize, size: usize, warm: Duration, dur: Du
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (i, mut ws) in wss.into_iter().enumerate() {
-        let (t, measuring, stop, count, errors) = (t.clone(), measuring.clone(), stop.clone(), count.clone(), errors.clone());
+        let (t, measuring, stop, count, errors) = (
+            t.clone(),
+            measuring.clone(),
+            stop.clone(),
+            count.clone(),
+            errors.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let msg = payload(size, i);
-            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
+            let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .expect("histogram");
             while !stop.load(Ordering::Relaxed) {
                 let start = Instant::now();
                 if ws.send(Message::Text(msg.clone().into())).await.is_err() {
@@ -294,13 +331,21 @@ async fn pingpong(t: &Target, conns: usize, size: usize, warm: Duration, dur: Du
         secs,
         p50_us: hist.value_at_quantile(0.5) as f64,
         p99_us: hist.value_at_quantile(0.99) as f64,
-        cpu_us_per_msg: (!t.pids.is_empty() && msgs > 0).then(|| (cpu1 - cpu0) as f64 / msgs as f64),
+        cpu_us_per_msg: (!t.pids.is_empty() && msgs > 0)
+            .then(|| (cpu1 - cpu0) as f64 / msgs as f64),
         errors: errors.load(Ordering::Relaxed),
     })
 }
 
 /// `conns` connections × `inflight` outstanding `size`-byte messages; one-way throughput.
-async fn stream(t: &Target, conns: usize, inflight: usize, size: usize, warm: Duration, dur: Duration) -> anyhow::Result<Outcome> {
+async fn stream(
+    t: &Target,
+    conns: usize,
+    inflight: usize,
+    size: usize,
+    warm: Duration,
+    dur: Duration,
+) -> anyhow::Result<Outcome> {
     let mut wss = Vec::with_capacity(conns);
     for _ in 0..conns {
         wss.push(open(t).await?);
@@ -311,7 +356,13 @@ async fn stream(t: &Target, conns: usize, inflight: usize, size: usize, warm: Du
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (i, ws) in wss.into_iter().enumerate() {
-        let (t, measuring, stop, count, errors) = (t.clone(), measuring.clone(), stop.clone(), count.clone(), errors.clone());
+        let (t, measuring, stop, count, errors) = (
+            t.clone(),
+            measuring.clone(),
+            stop.clone(),
+            count.clone(),
+            errors.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let msg = payload(size, i);
             let (mut tx, mut rx) = ws.split();
@@ -368,7 +419,8 @@ async fn stream(t: &Target, conns: usize, inflight: usize, size: usize, warm: Du
         secs,
         p50_us: 0.0,
         p99_us: 0.0,
-        cpu_us_per_msg: (!t.pids.is_empty() && msgs > 0).then(|| (cpu1 - cpu0) as f64 / msgs as f64),
+        cpu_us_per_msg: (!t.pids.is_empty() && msgs > 0)
+            .then(|| (cpu1 - cpu0) as f64 / msgs as f64),
         errors: errors.load(Ordering::Relaxed),
     })
 }
@@ -419,7 +471,10 @@ async fn connect_storm(t: &Target, total: usize, parallel: usize) -> anyhow::Res
 
 #[allow(clippy::print_stdout)]
 async fn run(args: &[String]) -> anyhow::Result<()> {
-    let targets: Vec<Target> = flags(args, "--target").into_iter().map(parse_target).collect::<anyhow::Result<_>>()?;
+    let targets: Vec<Target> = flags(args, "--target")
+        .into_iter()
+        .map(parse_target)
+        .collect::<anyhow::Result<_>>()?;
     anyhow::ensure!(!targets.is_empty(), "at least one --target");
     let secs: f64 = flag(args, "--seconds").unwrap_or("3").parse()?;
     let dur = Duration::from_secs_f64(secs);
@@ -443,7 +498,10 @@ async fn run(args: &[String]) -> anyhow::Result<()> {
                 "connect2000" => connect_storm(t, 2000, 100).await,
                 other => anyhow::bail!("unknown scenario {other}"),
             }?;
-            eprintln!("  {sc:<16} {:<10} done ({} msgs, {} errors)", t.name, o.msgs, o.errors);
+            eprintln!(
+                "  {sc:<16} {:<10} done ({} msgs, {} errors)",
+                t.name, o.msgs, o.errors
+            );
             row.push((t.name.clone(), o));
             // Let sockets in TIME_WAIT and closing tasks settle between runs.
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -456,7 +514,13 @@ async fn run(args: &[String]) -> anyhow::Result<()> {
 
 #[allow(clippy::print_stdout)]
 fn print_table(table: &[(String, Vec<(String, Outcome)>)]) {
-    let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}", a / b) } else { "-".into() };
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}", a / b)
+        } else {
+            "-".into()
+        }
+    };
     for (sc, row) in table {
         println!("\n## {sc}");
         let base = &row[0].1;
@@ -476,7 +540,9 @@ fn print_table(table: &[(String, Vec<(String, Outcome)>)]) {
                 "| {name} | {rate:.0} | {mbs:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
                 o.p50_us,
                 o.p99_us,
-                o.cpu_us_per_msg.map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
+                o.cpu_us_per_msg
+                    .map(|c| format!("{c:.2}"))
+                    .unwrap_or_else(|| "-".into()),
                 o.errors,
                 ratio(rate, base_rate),
                 ratio(rate, ng_rate),
