@@ -302,12 +302,23 @@ fn add_grpc_services(ctx: &Context, routes: &mut RoutesBuilder) -> Vec<&'static 
     type Rules = RoutingRulesServer<grpc::rules::RulesApi>;
     routes.add_service(Registry::new(grpc::registry::RegistryApi::new(ctx.clone())));
     routes.add_service(Rules::new(grpc::rules::RulesApi::new(ctx.clone())));
-    vec![Registry::NAME, Rules::NAME]
+    // The data-plane hub (config stream, reports, connections API); its loops end with
+    // `ctx.shutdown` and `spawn_background` waits for them.
+    let hub = crate::stream::Hub::start(ctx.clone(), crate::stream::HubConfig::default());
+    type Proxy = pb::proxy_control_server::ProxyControlServer<grpc::proxy::ProxyControlService>;
+    type Conns = pb::connections_server::ConnectionsServer<grpc::connections::ConnectionsService>;
+    routes.add_service(grpc::proxy::ProxyControlService::server(hub.clone()));
+    routes.add_service(grpc::connections::ConnectionsService::server(hub));
+    vec![Registry::NAME, Rules::NAME, Proxy::NAME, Conns::NAME]
 }
 
 /// EXTENSION POINT — background loops (leader-only loops watch `ctx.is_leader`; every loop ends
 /// when `ctx.shutdown` fires). Spawn on `tracker` so shutdown waits for them.
-fn spawn_background(_ctx: &Context, _tracker: &TaskTracker) {}
+fn spawn_background(ctx: &Context, tracker: &TaskTracker) {
+    if let Some(hub) = crate::stream::Hub::for_context(ctx) {
+        tracker.spawn(async move { hub.join().await });
+    }
+}
 
 /// Server reflection (v1 and v1alpha) over our descriptors and grpc.health.v1's.
 fn add_reflection(routes: &mut RoutesBuilder) -> Result<()> {
