@@ -317,12 +317,29 @@ fn add_grpc_services(
     routes.add_service(Rules::new(grpc::rules::RulesApi::new(ctx.clone())));
     routes.add_service(grpc::health::HealthService::new(ctx.clone(), logs.clone()).into_server());
     routes.add_service(grpc::logs::LogsService::new(ctx.clone(), logs.clone()).into_server());
-    vec![Registry::NAME, Rules::NAME, Health::NAME, Logs::NAME]
+    // The data-plane hub (config stream, reports, connections API); its loops end with
+    // `ctx.shutdown` and `spawn_background` waits for them.
+    let hub = crate::stream::Hub::start(ctx.clone(), crate::stream::HubConfig::default());
+    type Proxy = pb::proxy_control_server::ProxyControlServer<grpc::proxy::ProxyControlService>;
+    type Conns = pb::connections_server::ConnectionsServer<grpc::connections::ConnectionsService>;
+    routes.add_service(grpc::proxy::ProxyControlService::server(hub.clone()));
+    routes.add_service(grpc::connections::ConnectionsService::server(hub));
+    vec![
+        Registry::NAME,
+        Rules::NAME,
+        Health::NAME,
+        Logs::NAME,
+        Proxy::NAME,
+        Conns::NAME,
+    ]
 }
 
 /// EXTENSION POINT — background loops (leader-only loops watch `ctx.is_leader`; every loop ends
 /// when `ctx.shutdown` fires). Spawn on `tracker` so shutdown waits for them.
 fn spawn_background(ctx: &Context, logs: &LogHub, tracker: &TaskTracker) {
+    if let Some(hub) = crate::stream::Hub::for_context(ctx) {
+        tracker.spawn(async move { hub.join().await });
+    }
     // Supervisor: on shutdown or loss of leadership it stops every agent it started; the
     // tracker makes shutdown wait for that.
     let (supervisor, task) = supervisor::spawn(ctx.clone(), logs.clone());
