@@ -32,8 +32,11 @@ use crate::context::Context;
 use crate::election;
 use crate::error::{Error, Result};
 use crate::grpc;
+use crate::health;
+use crate::logs::{LogConfig, LogHub};
 use crate::metrics::{GrpcMetricsLayer, MeteredStore, Metrics};
 use crate::store::{build_store, StoreConfig};
+use crate::supervisor;
 
 /// How long in-flight gRPC calls and streams may take to finish after shutdown begins.
 pub const GRPC_DRAIN: Duration = Duration::from_secs(10);
@@ -137,7 +140,9 @@ impl Bound {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = RoutesBuilder::default();
-        let names = add_grpc_services(&ctx, &mut routes);
+        // Agent and manager logs of this replica, shared by the supervisor and the Logs API.
+        let logs = LogHub::open(ctx.data_dir.join("logs"), LogConfig::default())?;
+        let names = add_grpc_services(&ctx, &logs, &mut routes);
         for name in &names {
             health
                 .set_service_status(*name, ServingStatus::Serving)
@@ -153,7 +158,7 @@ impl Bound {
         let election = elect.then(|| start_election(&ctx, leader_tx, election_stop.clone()));
 
         let tracker = TaskTracker::new();
-        spawn_background(&ctx, &tracker);
+        spawn_background(&ctx, &logs, &tracker);
 
         let mut builder = Server::builder();
         if let Some(tls) = &settings.tls {
@@ -294,14 +299,24 @@ fn start_election(
 /// EXTENSION POINT — every gRPC service of the control plane, one `add_service` each. Returns
 /// the fully-qualified names, which `grpc.health.v1` reports as SERVING.
 /// (To add: HealthChecks, Logs, Connections, ProxyControl, Stats.)
-fn add_grpc_services(ctx: &Context, routes: &mut RoutesBuilder) -> Vec<&'static str> {
+fn add_grpc_services(
+    ctx: &Context,
+    logs: &LogHub,
+    routes: &mut RoutesBuilder,
+) -> Vec<&'static str> {
+    use pb::health_checks_server::HealthChecksServer;
+    use pb::logs_server::LogsServer;
     use pb::routing_rules_server::RoutingRulesServer;
     use pb::service_registry_server::ServiceRegistryServer;
 
     type Registry = ServiceRegistryServer<grpc::registry::RegistryApi>;
     type Rules = RoutingRulesServer<grpc::rules::RulesApi>;
+    type Health = HealthChecksServer<grpc::health::HealthService>;
+    type Logs = LogsServer<grpc::logs::LogsService>;
     routes.add_service(Registry::new(grpc::registry::RegistryApi::new(ctx.clone())));
     routes.add_service(Rules::new(grpc::rules::RulesApi::new(ctx.clone())));
+    routes.add_service(grpc::health::HealthService::new(ctx.clone(), logs.clone()).into_server());
+    routes.add_service(grpc::logs::LogsService::new(ctx.clone(), logs.clone()).into_server());
     // The data-plane hub (config stream, reports, connections API); its loops end with
     // `ctx.shutdown` and `spawn_background` waits for them.
     let hub = crate::stream::Hub::start(ctx.clone(), crate::stream::HubConfig::default());
@@ -309,15 +324,32 @@ fn add_grpc_services(ctx: &Context, routes: &mut RoutesBuilder) -> Vec<&'static 
     type Conns = pb::connections_server::ConnectionsServer<grpc::connections::ConnectionsService>;
     routes.add_service(grpc::proxy::ProxyControlService::server(hub.clone()));
     routes.add_service(grpc::connections::ConnectionsService::server(hub));
-    vec![Registry::NAME, Rules::NAME, Proxy::NAME, Conns::NAME]
+    vec![
+        Registry::NAME,
+        Rules::NAME,
+        Health::NAME,
+        Logs::NAME,
+        Proxy::NAME,
+        Conns::NAME,
+    ]
 }
 
 /// EXTENSION POINT — background loops (leader-only loops watch `ctx.is_leader`; every loop ends
 /// when `ctx.shutdown` fires). Spawn on `tracker` so shutdown waits for them.
-fn spawn_background(ctx: &Context, tracker: &TaskTracker) {
+fn spawn_background(ctx: &Context, logs: &LogHub, tracker: &TaskTracker) {
     if let Some(hub) = crate::stream::Hub::for_context(ctx) {
         tracker.spawn(async move { hub.join().await });
     }
+    // Supervisor: on shutdown or loss of leadership it stops every agent it started; the
+    // tracker makes shutdown wait for that.
+    let (supervisor, task) = supervisor::spawn(ctx.clone(), logs.clone());
+    tracker.spawn(async move {
+        let _ = task.await;
+    });
+    let checker = health::spawn(ctx.clone(), logs.clone(), supervisor);
+    tracker.spawn(async move {
+        let _ = checker.await;
+    });
 }
 
 /// Server reflection (v1 and v1alpha) over our descriptors and grpc.health.v1's.
