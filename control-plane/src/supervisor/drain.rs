@@ -5,24 +5,17 @@ use std::time::{Duration, Instant};
 
 use crate::keys;
 use crate::store::StoreRef;
+use crate::stream::model::{ConnectionRecord, ConnectionStatus};
 
-/// Open connections of `service_id` according to the connection records the proxies keep in
-/// the store. Records are JSON objects with a `service_id`; closed ones carry `closed_at` or a
-/// `status`/`state` of `closed`.
+/// Open connections of `service_id` according to the connection records the proxies report
+/// (`connections/{node}/{conn}`, see `stream::model::ConnectionRecord`).
 pub async fn active_connections(store: &StoreRef, service_id: &str) -> usize {
     let Ok((kvs, _)) = store.range(keys::CONNECTIONS).await else {
         return 0;
     };
     kvs.iter()
-        .filter_map(|kv| serde_json::from_slice::<serde_json::Value>(&kv.value).ok())
-        .filter(|v| {
-            let svc = v.get("service_id").and_then(|s| s.as_str()) == Some(service_id);
-            let closed = v.get("closed_at").is_some_and(|c| !c.is_null())
-                || ["status", "state"]
-                    .iter()
-                    .any(|k| v.get(*k).and_then(|s| s.as_str()) == Some("closed"));
-            svc && !closed
-        })
+        .filter_map(|kv| serde_json::from_slice::<ConnectionRecord>(&kv.value).ok())
+        .filter(|c| c.target_service_id == service_id && c.status == ConnectionStatus::Active)
         .count()
 }
 

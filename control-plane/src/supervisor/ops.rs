@@ -680,7 +680,7 @@ fn probe_url(host: &str, port: u16) -> String {
 
 /// Tells the service's connected clients about a restart with a grace period.
 async fn notify_maintenance(
-    _ctx: &crate::context::Context,
+    ctx: &crate::context::Context,
     logs: &crate::logs::LogHub,
     def: &crate::model::ServiceDef,
     message: &str,
@@ -691,9 +691,6 @@ async fn notify_maintenance(
     } else {
         message.to_string()
     };
-    // MAINTENANCE NOTIFICATION CALL SITE: switch to
-    // `crate::stream::notify_service_clients(ctx, &def.id, "maintenance_window", &text, "warning",
-    // Some(grace_seconds))` once the stream module provides it; until then only logged.
     tracing::info!(service = %def.name, service_id = %def.id, grace_seconds, "maintenance_window: {text}");
     logs.manager(
         &def.id,
@@ -701,4 +698,21 @@ async fn notify_maintenance(
         Level::Warn,
         &format!("restart in {grace_seconds}s: {text}"),
     );
+    // Delivery waits for the proxies' answers; the actor must not wait with it.
+    let (ctx, id, name) = (ctx.clone(), def.id.clone(), def.name.clone());
+    tokio::spawn(async move {
+        let sent = crate::stream::notify_service_clients(
+            &ctx,
+            &id,
+            "maintenance_window",
+            &text,
+            "warning",
+            Some(grace_seconds),
+        )
+        .await;
+        match sent {
+            Ok(delivered) => tracing::info!(service = %name, delivered, "maintenance notification sent"),
+            Err(e) => tracing::warn!(service = %name, error = %e, "maintenance notification failed"),
+        }
+    });
 }
