@@ -1,1 +1,20 @@
-fn main() {}
+use clap::Parser;
+
+fn main() {
+    let cli = myagent_cli::Cli::parse();
+    myagent_cli::init_tracing(&cli);
+    let code = match tokio::runtime::Runtime::new() {
+        Ok(rt) => match rt.block_on(myagent_cli::run(cli)) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("{}", e.render());
+                e.exit_code()
+            }
+        },
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::MetricsRef;
 use crate::store::StoreRef;
 
 #[derive(Clone)]
@@ -19,4 +20,6 @@ pub struct Context {
     pub is_leader: watch::Receiver<bool>,
     /// Root shutdown token.
     pub shutdown: CancellationToken,
+    /// Prometheus metrics served on the admin port; modules register theirs here.
+    pub metrics: MetricsRef,
 }

@@ -60,6 +60,7 @@ impl Fixture {
             data_dir: tmp.path().to_path_buf(),
             is_leader,
             shutdown: CancellationToken::new(),
+            metrics: myagent_control_plane::metrics::Metrics::new().unwrap(),
         };
         let logs = LogHub::open(tmp.path().join("logs"), LogConfig::default()).unwrap();
         let (handle, task) = supervisor::spawn(ctx.clone(), logs.clone());
