@@ -137,7 +137,7 @@ impl Bound {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = RoutesBuilder::default();
-        let names = add_grpc_services(&ctx, &mut routes);
+        let names = add_grpc_services(&ctx, &settings, &mut routes);
         for name in &names {
             health
                 .set_service_status(*name, ServingStatus::Serving)
@@ -153,7 +153,7 @@ impl Bound {
         let election = elect.then(|| start_election(&ctx, leader_tx, election_stop.clone()));
 
         let tracker = TaskTracker::new();
-        spawn_background(&ctx, &tracker);
+        spawn_background(&ctx, &settings, &tracker);
 
         let mut builder = Server::builder();
         if let Some(tls) = &settings.tls {
@@ -294,20 +294,32 @@ fn start_election(
 /// EXTENSION POINT — every gRPC service of the control plane, one `add_service` each. Returns
 /// the fully-qualified names, which `grpc.health.v1` reports as SERVING.
 /// (To add: HealthChecks, Logs, Connections, ProxyControl, Stats.)
-fn add_grpc_services(ctx: &Context, routes: &mut RoutesBuilder) -> Vec<&'static str> {
+fn add_grpc_services(
+    ctx: &Context,
+    settings: &Settings,
+    routes: &mut RoutesBuilder,
+) -> Vec<&'static str> {
     use pb::routing_rules_server::RoutingRulesServer;
     use pb::service_registry_server::ServiceRegistryServer;
+    use pb::stats_server::StatsServer;
 
     type Registry = ServiceRegistryServer<grpc::registry::RegistryApi>;
     type Rules = RoutingRulesServer<grpc::rules::RulesApi>;
+    type StatsApi = StatsServer<grpc::stats::StatsApi>;
     routes.add_service(Registry::new(grpc::registry::RegistryApi::new(ctx.clone())));
     routes.add_service(Rules::new(grpc::rules::RulesApi::new(ctx.clone())));
-    vec![Registry::NAME, Rules::NAME]
+    routes.add_service(StatsApi::new(grpc::stats::StatsApi::new(
+        ctx.clone(),
+        &settings.stats,
+    )));
+    vec![Registry::NAME, Rules::NAME, StatsApi::NAME]
 }
 
 /// EXTENSION POINT — background loops (leader-only loops watch `ctx.is_leader`; every loop ends
 /// when `ctx.shutdown` fires). Spawn on `tracker` so shutdown waits for them.
-fn spawn_background(_ctx: &Context, _tracker: &TaskTracker) {}
+fn spawn_background(ctx: &Context, settings: &Settings, tracker: &TaskTracker) {
+    crate::stats::spawn(ctx, &settings.stats, tracker);
+}
 
 /// Server reflection (v1 and v1alpha) over our descriptors and grpc.health.v1's.
 fn add_reflection(routes: &mut RoutesBuilder) -> Result<()> {

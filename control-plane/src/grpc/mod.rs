@@ -5,6 +5,7 @@ pub mod health;
 pub mod logs;
 pub mod registry;
 pub mod rules;
+pub mod stats;
 
 use crate::context::Context;
 use crate::error::Result;

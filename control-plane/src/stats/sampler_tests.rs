@@ -31,6 +31,7 @@ fn fixture() -> Fixture {
         data_dir: dir.path().to_path_buf(),
         is_leader: rx,
         shutdown: tokio_util::sync::CancellationToken::new(),
+        metrics: crate::metrics::Metrics::new().unwrap(),
     };
     Fixture {
         ctx,
