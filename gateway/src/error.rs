@@ -133,6 +133,13 @@ impl ApiError {
                 )
                 .with_detail("upstream", "control_plane")
             }
+            Code::Unimplemented => {
+                tracing::error!(error = %status.message(), "control plane does not implement the call");
+                ApiError::new(
+                    INTERNAL,
+                    "The control plane does not support this call (version mismatch?)",
+                )
+            }
             other => {
                 tracing::error!(grpc_code = ?other, error = %status.message(), "unexpected control-plane error");
                 ApiError::new(INTERNAL, "internal error")
