@@ -251,7 +251,9 @@ impl Cli {
             Some(id) => id.trim().to_string(),
             None => format!("cp-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
         };
-        if self.stats_interval < Duration::from_millis(100) || self.stats_interval > Duration::from_secs(3600) {
+        if self.stats_interval < Duration::from_millis(100)
+            || self.stats_interval > Duration::from_secs(3600)
+        {
             return Err(Error::invalid(
                 "--stats-interval",
                 "stats interval must be between 100ms and 1h",

@@ -97,7 +97,13 @@ pub async fn run(ctx: Context, cfg: SamplerConfig, metrics: Option<StatsMetrics>
         }
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
-            r = leader.changed() => if r.is_err() { return },
+            r = leader.changed() => {
+                if r.is_err() {
+                    // Leadership is settled for good (no election): wait for shutdown.
+                    ctx.shutdown.cancelled().await;
+                    return;
+                }
+            }
         }
     }
 }
@@ -117,16 +123,22 @@ async fn lead(
     let hub: Option<()> = None;
     let mut changes: Option<watch::Receiver<Revision>> = None;
     let mut flush_peaks_at: Option<tokio::time::Instant> = None;
+    // Without an election (one replica on the embedded store) the sender is gone and the
+    // replica leads for good.
+    let mut election_open = true;
     loop {
         let wait = Duration::from_millis((next - Utc::now().timestamp_millis()).max(0) as u64);
         let flush_at = flush_peaks_at.unwrap_or_else(|| tokio::time::Instant::now() + wait);
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
-            r = leader.changed() => {
-                if r.is_err() || !*leader.borrow_and_update() {
-                    return;
+            r = leader.changed(), if election_open => match r {
+                Err(_) => election_open = false,
+                Ok(()) => {
+                    if !*leader.borrow_and_update() {
+                        return;
+                    }
                 }
-            }
+            },
             _ = store_changed(&mut changes) => {
                 if let (Some(s), Some(_h)) = (sampler.as_mut(), hub.as_ref()) {
                     let load: HashMap<String, Load> = HashMap::new();
