@@ -117,7 +117,13 @@ impl Error {
             }
             code => Error::Api {
                 code: grpc_code_name(code).to_string(),
-                message: status.message().to_string(),
+                message: match (code, status.message()) {
+                    (tonic::Code::Unimplemented, "") => {
+                        format!("the control plane at {server} does not implement this call")
+                    }
+                    (_, "") => format!("the control plane at {server} answered {code:?}"),
+                    (_, m) => m.to_string(),
+                },
                 details: BTreeMap::new(),
             },
         }

@@ -1,0 +1,198 @@
+//! `monitor` used as a person would: run in a real terminal (tmux) against a live stack, read
+//! the screen, make changes, see them appear, press `q`, see the terminal restored.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use myagent_tests::{bins, cli};
+
+/// A private tmux server (own socket) running one session; killed on drop.
+struct Tmux {
+    socket: String,
+    session: String,
+}
+
+impl Tmux {
+    fn start(name: &str, command: &str) -> Tmux {
+        assert!(
+            Command::new("tmux")
+                .arg("-V")
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "tmux is required for the monitor test (apt-get install -y tmux; tests/run.sh does)"
+        );
+        let t = Tmux {
+            socket: format!("myagent-test-{}-{name}", std::process::id()),
+            session: name.to_string(),
+        };
+        let st = t
+            .cmd()
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &t.session,
+                "-x",
+                "180",
+                "-y",
+                "45",
+                command,
+            ])
+            .status()
+            .expect("tmux new-session");
+        assert!(st.success(), "tmux new-session failed");
+        t
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("tmux");
+        c.args(["-L", &self.socket, "-f", "/dev/null"]);
+        c
+    }
+
+    fn screen(&self) -> String {
+        let out = self
+            .cmd()
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .expect("capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, keys: &str) {
+        let st = self
+            .cmd()
+            .args(["send-keys", "-t", &self.session, keys])
+            .status()
+            .expect("send-keys");
+        assert!(st.success());
+    }
+
+    /// Waits until `check(screen)` holds, panicking with the last screen after `timeout`.
+    fn wait_for(&self, what: &str, timeout: Duration, check: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.screen();
+            if check(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd().arg("kill-server").status();
+    }
+}
+
+/// The monitor's table row of `name`, split into cells (borders removed).
+fn row(screen: &str, name: &str) -> Option<Vec<String>> {
+    screen.lines().find_map(|l| {
+        let cells: Vec<String> = l
+            .split(|c: char| c.is_whitespace() || c == '│')
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect();
+        (cells.first().map(String::as_str) == Some(name)).then_some(cells)
+    })
+}
+
+fn monitor_command(stack: &cli::Stack, extra: &str) -> String {
+    format!(
+        "env -i PATH=/usr/bin:/bin TERM=xterm-256color {} --server {} monitor --interval 0.5 {extra}; \
+         echo monitor-exit=$?; sleep 60",
+        bins::path(bins::CLI).display(),
+        stack.grpc
+    )
+}
+
+#[test]
+fn monitor_shows_services_redraws_on_change_and_quits_on_q() {
+    let stack = cli::up();
+    stack
+        .cli(&["register", "mon-agent", "--port", "9", "--tags", "mon"])
+        .ok();
+
+    let tmux = Tmux::start("monitor", &monitor_command(&stack, ""));
+    let screen = tmux.wait_for(
+        "the monitor to show mon-agent",
+        Duration::from_secs(20),
+        |s| row(s, "mon-agent").is_some(),
+    );
+    assert!(screen.contains("myagent monitor"), "{screen}");
+    for col in [
+        "NAME", "STATUS", "HEALTH", "CONNS", "SESSIONS", "MSG/S", "CPU %", "MEM MB",
+    ] {
+        assert!(screen.contains(col), "column {col} missing:\n{screen}");
+    }
+    let cells = row(&screen, "mon-agent").unwrap();
+    assert_eq!(cells[1], "stopped", "{screen}");
+    assert!(screen.contains("services 1 total"), "{screen}");
+
+    // A change made elsewhere shows up without touching the monitor.
+    stack.cli(&["register", "mon-second", "--port", "10"]).ok();
+    let screen = tmux.wait_for("mon-second to appear", Duration::from_secs(10), |s| {
+        row(s, "mon-second").is_some()
+    });
+    assert!(screen.contains("services 2 total"), "{screen}");
+    stack.cli(&["remove", "mon-agent"]).ok();
+    tmux.wait_for("mon-agent to disappear", Duration::from_secs(10), |s| {
+        row(s, "mon-agent").is_none()
+    });
+
+    // q quits, the exit status is 0 and the normal screen is back.
+    tmux.keys("q");
+    let screen = tmux.wait_for("the monitor to exit", Duration::from_secs(10), |s| {
+        s.contains("monitor-exit=")
+    });
+    assert!(screen.contains("monitor-exit=0"), "{screen}");
+    assert!(
+        !screen.contains("myagent monitor"),
+        "terminal not restored:\n{screen}"
+    );
+}
+
+#[test]
+fn monitor_for_one_service_survives_the_server_going_away_and_quits_on_ctrl_c() {
+    let mut stack = cli::up();
+    stack
+        .cli(&[
+            "register",
+            "solo",
+            "--port",
+            "9",
+            "--description",
+            "one service",
+        ])
+        .ok();
+    let tmux = Tmux::start("solo", &monitor_command(&stack, "--service solo"));
+    let screen = tmux.wait_for("details of solo", Duration::from_secs(20), |s| {
+        row(s, "solo").is_some() && s.contains("Details")
+    });
+    assert!(screen.contains("health"), "{screen}");
+
+    // The control plane goes away: the monitor stays up and says why.
+    stack.terminate();
+    tmux.wait_for("an error line", Duration::from_secs(20), |s| {
+        s.contains("error:")
+    });
+    tmux.keys("C-c");
+    let screen = tmux.wait_for("the monitor to exit", Duration::from_secs(10), |s| {
+        s.contains("monitor-exit=")
+    });
+    assert!(screen.contains("monitor-exit=0"), "{screen}");
+}
+
+#[test]
+fn monitor_refuses_to_run_without_a_terminal() {
+    let stack = cli::up();
+    let run = stack.cli(&["monitor"]);
+    assert_eq!(run.code, Some(64), "{run}");
+    assert!(run.stderr.contains("needs a terminal"), "{run}");
+}

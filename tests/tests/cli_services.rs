@@ -1,0 +1,291 @@
+//! The CLI's service commands against a live `myagent-manager up`: the seed's register example,
+//! list/show in table and JSON form, names or ids, errors with codes and exit status, remove.
+
+use myagent_tests::cli;
+
+#[test]
+fn register_list_show_remove_with_table_and_json_output() {
+    let stack = cli::up();
+    cli::install_echo_agent(stack.dir(), "weather_agent.py");
+
+    // Seed §3.1, verbatim (the agent path is relative to the working directory).
+    let reg = stack
+        .cli(&[
+            "register",
+            "weather-agent",
+            "./agents/weather_agent.py",
+            "--port",
+            "8081",
+            "--tags",
+            "weather,info",
+            "--max-sessions",
+            "100",
+        ])
+        .ok();
+    assert!(reg.stdout.contains("service_id"), "{reg}");
+    assert!(reg.stdout.contains("ws://localhost:8081"), "{reg}");
+
+    // The same again in JSON: the REST answer's shape, and the name is taken.
+    stack
+        .cli(&[
+            "register",
+            "weather-agent",
+            "./agents/weather_agent.py",
+            "--port",
+            "8082",
+        ])
+        .fails_with("SERVICE_ALREADY_EXISTS");
+    let ext = stack
+        .cli(&[
+            "--output",
+            "json",
+            "register",
+            "ext-agent",
+            "--port",
+            "9",
+            "--tags",
+            "info",
+            "--description",
+            "external",
+        ])
+        .ok()
+        .json();
+    assert_eq!(ext["success"], true);
+    assert_eq!(ext["endpoint"], "ws://localhost:9");
+    let ext_id = ext["service_id"].as_str().expect("service_id").to_string();
+    assert!(!ext_id.is_empty());
+
+    // list, table: aligned columns with both services.
+    let list = stack.cli(&["list"]).ok();
+    let lines: Vec<&str> = list.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("STATUS"),
+        "{list}"
+    );
+    let status_col = lines[0].find("STATUS").unwrap();
+    for name in ["weather-agent", "ext-agent"] {
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing:\n{list}"));
+        assert_eq!(
+            &row[status_col..status_col + 7],
+            "stopped",
+            "columns misaligned:\n{list}"
+        );
+    }
+
+    // list, JSON, with the seed's filters.
+    let all = stack.cli(&["list", "--output", "json"]).ok().json();
+    assert_eq!(all["total"], 2);
+    assert_eq!(all["services"].as_array().unwrap().len(), 2);
+    assert_eq!(all["page"]["has_next"], false);
+    let weather = stack
+        .cli(&["--output", "json", "list", "--tag", "weather"])
+        .ok()
+        .json();
+    assert_eq!(weather["total"], 1);
+    let s = &weather["services"][0];
+    assert_eq!(s["name"], "weather-agent");
+    for key in [
+        "service_id",
+        "description",
+        "host",
+        "port",
+        "endpoint",
+        "status",
+        "tags",
+        "created_at",
+        "stats",
+    ] {
+        assert!(s.get(key).is_some(), "list item lacks {key}: {s}");
+    }
+    assert_eq!(s["tags"], serde_json::json!(["weather", "info"]));
+    assert!(s["created_at"].as_str().unwrap().ends_with('Z'), "{s}");
+    let none = stack
+        .cli(&["--output", "json", "list", "--status", "running"])
+        .ok()
+        .json();
+    assert_eq!(none["total"], 0);
+    let page = stack
+        .cli(&["--output", "json", "list", "--limit", "1"])
+        .ok()
+        .json();
+    assert_eq!(page["services"].as_array().unwrap().len(), 1);
+    assert_eq!(page["page"]["has_next"], true);
+    assert_eq!(page["page"]["limit"], 1);
+
+    // show by name, JSON: the seed's detail shape.
+    let show = stack
+        .cli(&["show", "weather-agent", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(show["name"], "weather-agent");
+    assert_eq!(show["port"], 8081);
+    assert_eq!(show["status"], "stopped");
+    assert_eq!(show["config"]["max_sessions"], 100);
+    assert_eq!(show["config"]["auto_restart"], true);
+    assert_eq!(show["config"]["health_check_enabled"], true);
+    for key in [
+        "total_connections",
+        "active_connections",
+        "peak_connections",
+        "total_sessions",
+        "active_sessions",
+        "completed_sessions",
+        "avg_session_duration",
+        "memory_usage_mb",
+        "cpu_usage_percent",
+        "error_count",
+        "error_rate",
+    ] {
+        assert!(
+            show["stats"].get(key).is_some(),
+            "stats lacks {key}: {show}"
+        );
+    }
+    assert!(show["health"].get("status").is_some(), "{show}");
+    let path = show["agent_factory_path"].as_str().unwrap();
+    assert!(
+        path.starts_with('/') && path.ends_with("agents/weather_agent.py"),
+        "{show}"
+    );
+
+    // show by id, table: key/value blocks.
+    let shown = stack.cli(&["show", &ext_id]).ok();
+    assert!(shown.stdout.contains("ext-agent"), "{shown}");
+    assert!(shown.stdout.contains("(external service)"), "{shown}");
+    for section in ["Config:", "Stats:", "Health:"] {
+        assert!(
+            shown.stdout.contains(section),
+            "show lacks {section}:\n{shown}"
+        );
+    }
+
+    // Unknown names: the seed's code, exit 1, nothing on stdout.
+    let missing = stack
+        .cli(&["show", "no-such-agent"])
+        .fails_with("SERVICE_NOT_FOUND");
+    assert_eq!(missing.code, Some(1));
+    assert!(missing.stdout.is_empty());
+    stack
+        .cli(&["remove", "no-such-agent"])
+        .fails_with("SERVICE_NOT_FOUND");
+    stack
+        .cli(&["--output", "json", "start", "no-such-agent"])
+        .fails_with("SERVICE_NOT_FOUND");
+
+    // Invalid input is rejected by the server with the offending field.
+    let bad = stack
+        .cli(&["register", "bad name!", "--port", "80"])
+        .fails_with("INVALID_REQUEST");
+    assert!(bad.stderr.contains("name"), "{bad}");
+    stack
+        .cli(&["register", "zero", "--port", "0"])
+        .fails_with("INVALID_REQUEST");
+    stack
+        .cli(&[
+            "register",
+            "nofile",
+            "./agents/missing.py",
+            "--port",
+            "8090",
+        ])
+        .fails_with("INVALID_REQUEST");
+
+    // remove by name and by id.
+    let removed = stack
+        .cli(&["--output", "json", "remove", "weather-agent"])
+        .ok()
+        .json();
+    assert_eq!(removed["success"], true);
+    stack.cli(&["remove", &ext_id]).ok();
+    let empty = stack.cli(&["list"]).ok();
+    assert!(empty.stdout.contains("No services."), "{empty}");
+    assert_eq!(
+        stack.cli(&["list", "--output", "json"]).ok().json()["total"],
+        0
+    );
+}
+
+#[test]
+fn overview_connections_and_token_handling() {
+    let stack = cli::up();
+    let status = stack.cli(&["status", "--output", "json"]).ok().json();
+    for (section, keys) in [
+        ("services", &["total", "running", "stopped", "error"][..]),
+        ("connections", &["total", "active", "peak_today"][..]),
+        (
+            "sessions",
+            &["total_today", "active", "completed_today"][..],
+        ),
+        (
+            "performance",
+            &[
+                "avg_response_time_ms",
+                "throughput_per_minute",
+                "error_rate",
+            ][..],
+        ),
+        ("resources", &["total_memory_mb", "total_cpu_percent"][..]),
+    ] {
+        for k in keys {
+            assert!(
+                status[section].get(*k).is_some(),
+                "status lacks {section}.{k}: {status}"
+            );
+        }
+    }
+    let table = stack.cli(&["status"]).ok();
+    assert!(
+        table.stdout.contains("services:") && table.stdout.contains("0 total"),
+        "{table}"
+    );
+
+    let conns = stack.cli(&["connections", "--output", "json"]).ok().json();
+    assert_eq!(conns["total"], 0);
+    assert!(conns["connections"].as_array().unwrap().is_empty());
+    assert!(stack
+        .cli(&["connections"])
+        .ok()
+        .stdout
+        .contains("No connections."));
+    stack
+        .cli(&["disconnect", "no-such-connection"])
+        .fails_with("CONNECTION_NOT_FOUND");
+    let note = stack
+        .cli(&[
+            "--output",
+            "json",
+            "notify",
+            "--type",
+            "maintenance_window",
+            "--message",
+            "soon",
+            "--severity",
+            "warning",
+        ])
+        .ok()
+        .json();
+    assert_eq!(note, serde_json::json!({"success": true, "delivered": 0}));
+}
+
+#[test]
+fn token_is_sent_and_required_when_configured() {
+    let tokens = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(tokens.path(), "# admins\ns3cret-token\n").unwrap();
+    let stack = cli::up_with(&["--auth-token-file", tokens.path().to_str().unwrap()]);
+    stack.cli(&["list"]).fails_with("UNAUTHORIZED");
+    stack
+        .cli(&["list", "--token", "wrong"])
+        .fails_with("UNAUTHORIZED");
+    let ok = stack
+        .cli(&["list", "--token", "s3cret-token", "--output", "json"])
+        .ok()
+        .json();
+    assert_eq!(ok["total"], 0);
+    assert!(
+        !stack.stderr().contains("s3cret-token"),
+        "the token leaked into logs"
+    );
+}
