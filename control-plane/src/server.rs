@@ -312,12 +312,28 @@ fn add_grpc_services(
         ctx.clone(),
         &settings.stats,
     )));
-    vec![Registry::NAME, Rules::NAME, StatsApi::NAME]
+    // The data-plane hub (config stream, reports, connections API); its loops end with
+    // `ctx.shutdown` and `spawn_background` waits for them.
+    let hub = crate::stream::Hub::start(ctx.clone(), crate::stream::HubConfig::default());
+    type Proxy = pb::proxy_control_server::ProxyControlServer<grpc::proxy::ProxyControlService>;
+    type Conns = pb::connections_server::ConnectionsServer<grpc::connections::ConnectionsService>;
+    routes.add_service(grpc::proxy::ProxyControlService::server(hub.clone()));
+    routes.add_service(grpc::connections::ConnectionsService::server(hub));
+    vec![
+        Registry::NAME,
+        Rules::NAME,
+        StatsApi::NAME,
+        Proxy::NAME,
+        Conns::NAME,
+    ]
 }
 
 /// EXTENSION POINT — background loops (leader-only loops watch `ctx.is_leader`; every loop ends
 /// when `ctx.shutdown` fires). Spawn on `tracker` so shutdown waits for them.
 fn spawn_background(ctx: &Context, settings: &Settings, tracker: &TaskTracker) {
+    if let Some(hub) = crate::stream::Hub::for_context(ctx) {
+        tracker.spawn(async move { hub.join().await });
+    }
     crate::stats::spawn(ctx, &settings.stats, tracker);
 }
 

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntGaugeVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
 
 use super::records;
 use crate::context::Context;
@@ -29,6 +29,7 @@ pub struct StatsMetrics {
     services: IntGaugeVec,
     active_connections: IntGaugeVec,
     active_sessions: IntGaugeVec,
+    config_version: IntGauge,
     /// Samples the leader wrote.
     pub samples: IntCounter,
     /// Samples that failed (store errors).
@@ -71,6 +72,14 @@ impl StatsMetrics {
                     "Sessions not completed, cluster-wide, by service name",
                     "service",
                 )?,
+            )?,
+            config_version: reg(
+                r,
+                IntGauge::new(
+                    "myagent_config_version",
+                    "Config version (store revision) currently published to proxies",
+                )
+                .map_err(Error::internal)?,
             )?,
             samples: reg(
                 r,
@@ -152,6 +161,9 @@ impl StatsMetrics {
             let _ = self.active_sessions.remove_label_values(&[gone.as_str()]);
         }
         *names = seen;
+        if let Some(hub) = crate::stream::Hub::for_context(ctx) {
+            self.config_version.set(hub.config_version() as i64);
+        }
         Ok(())
     }
 }

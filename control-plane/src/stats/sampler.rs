@@ -120,8 +120,8 @@ async fn lead(
     let mut next = next_tick(Utc::now().timestamp_millis(), step);
     // Every change of the store the config-stream hub applies may move the live load; peaks
     // are taken there too, so a burst shorter than the sampling interval is not missed.
-    let hub: Option<()> = None;
-    let mut changes: Option<watch::Receiver<Revision>> = None;
+    let hub = crate::stream::Hub::for_context(ctx);
+    let mut changes = hub.as_ref().map(|h| h.inner.revision.subscribe());
     let mut flush_peaks_at: Option<tokio::time::Instant> = None;
     // Without an election (one replica on the embedded store) the sender is gone and the
     // replica leads for good.
@@ -140,8 +140,8 @@ async fn lead(
                 }
             },
             _ = store_changed(&mut changes) => {
-                if let (Some(s), Some(_h)) = (sampler.as_mut(), hub.as_ref()) {
-                    let load: HashMap<String, Load> = HashMap::new();
+                if let (Some(s), Some(h)) = (sampler.as_mut(), hub.as_ref()) {
+                    let load = h.cluster_load();
                     let rose = s.summary.observe(
                         &day_of(Utc::now()),
                         load.iter().map(|(id, l)| (id.as_str(), l.active_connections)),

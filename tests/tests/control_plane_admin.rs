@@ -1,0 +1,119 @@
+//! The admin port: /healthz, /readyz following the store (503 while etcd is down, 200 again
+//! when it returns), /metrics; and gRPC answering STORE_UNAVAILABLE promptly during an outage.
+
+use std::time::{Duration, Instant};
+
+use myagent_proto::v1 as pb;
+use myagent_tests::assert_eventually;
+use myagent_tests::control_plane::{control_plane, error_code, unique_prefix};
+use myagent_tests::etcd::Etcd;
+
+async fn status(url: &str) -> u16 {
+    match reqwest::get(url).await {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics_on_embedded() {
+    let cp = control_plane().spawn().await;
+    assert_eq!(status(&cp.admin_url("/healthz")).await, 200);
+    assert_eq!(status(&cp.admin_url("/readyz")).await, 200);
+    let mut registry = cp.registry().await;
+    registry
+        .list_services(pb::ListServicesRequest::default())
+        .await
+        .unwrap();
+    let _ = registry
+        .get_service(pb::GetServiceRequest {
+            service: "missing".into(),
+        })
+        .await;
+    let body = reqwest::get(cp.admin_url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains(r#"myagent_grpc_requests_total{code="Ok",method="/myagent.v1.ServiceRegistry/ListServices"} 1"#),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"myagent_grpc_requests_total{code="NotFound",method="/myagent.v1.ServiceRegistry/GetService"} 1"#),
+        "{body}"
+    );
+    assert!(
+        body.contains("myagent_grpc_request_duration_seconds_bucket"),
+        "{body}"
+    );
+    assert!(
+        body.contains("myagent_store_operation_duration_seconds_bucket"),
+        "{body}"
+    );
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn readyz_and_errors_follow_etcd_outages() {
+    // Its own etcd: this test stops it.
+    let etcd = Etcd::start();
+    let cp = control_plane()
+        .etcd(&etcd, &unique_prefix("outage"))
+        .spawn()
+        .await;
+    let mut registry = cp.registry().await;
+    registry
+        .register_service(pb::RegisterServiceRequest {
+            name: "before-outage".into(),
+            port: 8081,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(status(&cp.admin_url("/readyz")).await, 200);
+
+    etcd.stop();
+    assert_eventually!(
+        Duration::from_secs(10),
+        status(&cp.admin_url("/readyz")).await == 503,
+        "readyz 503"
+    );
+    assert_eq!(
+        status(&cp.admin_url("/healthz")).await,
+        200,
+        "liveness does not depend on the store"
+    );
+    let started = Instant::now();
+    let e = registry
+        .list_services(pb::ListServicesRequest::default())
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    assert_eq!(error_code(&e).0, "STORE_UNAVAILABLE");
+    assert!(
+        took < Duration::from_secs(5),
+        "STORE_UNAVAILABLE took {took:?}"
+    );
+
+    etcd.restart();
+    assert_eventually!(
+        Duration::from_secs(20),
+        status(&cp.admin_url("/readyz")).await == 200,
+        "readyz 200"
+    );
+    let list = myagent_tests::wait::until("list after recovery", Duration::from_secs(20), || {
+        let mut r = registry.clone();
+        async move {
+            r.list_services(pb::ListServicesRequest::default())
+                .await
+                .ok()
+        }
+    })
+    .await
+    .into_inner();
+    assert_eq!(list.services[0].name, "before-outage");
+    cp.shutdown().await;
+}
