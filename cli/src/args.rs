@@ -50,7 +50,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "MYAGENT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Seconds to wait for the control plane to answer a request.
-    #[arg(long, global = true, env = "MYAGENT_TIMEOUT", default_value_t = 30.0, value_parser = positive_seconds)]
+    #[arg(long, global = true, env = "MYAGENT_TIMEOUT", default_value_t = 60.0, value_parser = positive_seconds)]
     pub timeout: f64,
 }
 

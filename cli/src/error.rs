@@ -106,13 +106,19 @@ impl Error {
                     reason: status.message().to_string(),
                 }
             }
+            // Connected, but no answer within --timeout: not "unreachable", the call may still
+            // complete on the server.
             tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
                 if status.message().to_ascii_lowercase().contains("timeout")
                     || status.message().to_ascii_lowercase().contains("deadline") =>
             {
-                Error::Unreachable {
-                    server: server.to_string(),
-                    reason: format!("no answer in time ({})", status.message()),
+                Error::Api {
+                    code: "DEADLINE_EXCEEDED".into(),
+                    message: format!(
+                        "no answer from the control plane at {server} in time; it may still complete \
+                         (raise --timeout / MYAGENT_TIMEOUT)"
+                    ),
+                    details: BTreeMap::new(),
                 }
             }
             code => Error::Api {
@@ -188,5 +194,15 @@ mod tests {
         assert!(e.render().starts_with(
             "error: UNAVAILABLE: cannot reach the control plane at http://127.0.0.1:1"
         ));
+    }
+
+    #[test]
+    fn timeout_is_not_unreachable() {
+        let e = Error::from_status(
+            tonic::Status::deadline_exceeded("Timeout expired"),
+            "http://h:1",
+        );
+        assert_eq!(e.code(), Some("DEADLINE_EXCEEDED"));
+        assert_eq!(e.exit_code(), EXIT_API);
     }
 }

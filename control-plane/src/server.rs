@@ -32,8 +32,11 @@ use crate::context::Context;
 use crate::election;
 use crate::error::{Error, Result};
 use crate::grpc;
+use crate::health;
+use crate::logs::{LogConfig, LogHub};
 use crate::metrics::{GrpcMetricsLayer, MeteredStore, Metrics};
 use crate::store::{build_store, StoreConfig};
+use crate::supervisor;
 
 /// How long in-flight gRPC calls and streams may take to finish after shutdown begins.
 pub const GRPC_DRAIN: Duration = Duration::from_secs(10);
@@ -137,7 +140,9 @@ impl Bound {
 
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = RoutesBuilder::default();
-        let names = add_grpc_services(&ctx, &settings, &mut routes);
+        // Agent and manager logs of this replica, shared by the supervisor and the Logs API.
+        let logs = LogHub::open(ctx.data_dir.join("logs"), LogConfig::default())?;
+        let names = add_grpc_services(&ctx, &settings, &logs, &mut routes);
         for name in &names {
             health
                 .set_service_status(*name, ServingStatus::Serving)
@@ -153,7 +158,7 @@ impl Bound {
         let election = elect.then(|| start_election(&ctx, leader_tx, election_stop.clone()));
 
         let tracker = TaskTracker::new();
-        spawn_background(&ctx, &settings, &tracker);
+        spawn_background(&ctx, &settings, &logs, &tracker);
 
         let mut builder = Server::builder();
         if let Some(tls) = &settings.tls {
@@ -297,8 +302,11 @@ fn start_election(
 fn add_grpc_services(
     ctx: &Context,
     settings: &Settings,
+    logs: &LogHub,
     routes: &mut RoutesBuilder,
 ) -> Vec<&'static str> {
+    use pb::health_checks_server::HealthChecksServer;
+    use pb::logs_server::LogsServer;
     use pb::routing_rules_server::RoutingRulesServer;
     use pb::service_registry_server::ServiceRegistryServer;
     use pb::stats_server::StatsServer;
@@ -306,8 +314,12 @@ fn add_grpc_services(
     type Registry = ServiceRegistryServer<grpc::registry::RegistryApi>;
     type Rules = RoutingRulesServer<grpc::rules::RulesApi>;
     type StatsApi = StatsServer<grpc::stats::StatsApi>;
+    type Health = HealthChecksServer<grpc::health::HealthService>;
+    type Logs = LogsServer<grpc::logs::LogsService>;
     routes.add_service(Registry::new(grpc::registry::RegistryApi::new(ctx.clone())));
     routes.add_service(Rules::new(grpc::rules::RulesApi::new(ctx.clone())));
+    routes.add_service(grpc::health::HealthService::new(ctx.clone(), logs.clone()).into_server());
+    routes.add_service(grpc::logs::LogsService::new(ctx.clone(), logs.clone()).into_server());
     routes.add_service(StatsApi::new(grpc::stats::StatsApi::new(
         ctx.clone(),
         &settings.stats,
@@ -323,6 +335,8 @@ fn add_grpc_services(
         Registry::NAME,
         Rules::NAME,
         StatsApi::NAME,
+        Health::NAME,
+        Logs::NAME,
         Proxy::NAME,
         Conns::NAME,
     ]
@@ -330,10 +344,20 @@ fn add_grpc_services(
 
 /// EXTENSION POINT — background loops (leader-only loops watch `ctx.is_leader`; every loop ends
 /// when `ctx.shutdown` fires). Spawn on `tracker` so shutdown waits for them.
-fn spawn_background(ctx: &Context, settings: &Settings, tracker: &TaskTracker) {
+fn spawn_background(ctx: &Context, settings: &Settings, logs: &LogHub, tracker: &TaskTracker) {
     if let Some(hub) = crate::stream::Hub::for_context(ctx) {
         tracker.spawn(async move { hub.join().await });
     }
+    // Supervisor: on shutdown or loss of leadership it stops every agent it started; the
+    // tracker makes shutdown wait for that.
+    let (supervisor, task) = supervisor::spawn(ctx.clone(), logs.clone());
+    tracker.spawn(async move {
+        let _ = task.await;
+    });
+    let checker = health::spawn(ctx.clone(), logs.clone(), supervisor);
+    tracker.spawn(async move {
+        let _ = checker.await;
+    });
     crate::stats::spawn(ctx, &settings.stats, tracker);
 }
 

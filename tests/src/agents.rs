@@ -8,7 +8,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
@@ -71,6 +70,8 @@ enum Command {
 struct Recorded {
     handshakes: Vec<Handshake>,
     received: Vec<Received>,
+    /// Close codes received from the proxy (None = close without a code).
+    closes: Vec<Option<u16>>,
     active: usize,
 }
 
@@ -78,7 +79,6 @@ struct Recorded {
 #[derive(Debug, Clone, Default)]
 pub struct EchoAgentBuilder {
     reply_prefix: Option<String>,
-    ignore_close_for: Option<Duration>,
 }
 
 pub fn echo_agent() -> EchoAgentBuilder {
@@ -89,13 +89,6 @@ impl EchoAgentBuilder {
     /// Reply to text frames with `<prefix><text>` instead of the bare text.
     pub fn reply_prefix(mut self, p: &str) -> Self {
         self.reply_prefix = Some(p.to_string());
-        self
-    }
-
-    /// When a close arrives, keep the connection open for this long before answering it
-    /// (plays an agent finishing in-flight work during a drain).
-    pub fn linger_on_close(mut self, d: Duration) -> Self {
-        self.ignore_close_for = Some(d);
         self
     }
 
@@ -156,20 +149,9 @@ impl EchoAgentBuilder {
                             r.active += 1;
                             r.handshakes.len() - 1
                         };
-                        let mut closing_since: Option<tokio::time::Instant> = None;
                         loop {
-                            let linger = async {
-                                match (closing_since, b.ignore_close_for) {
-                                    (Some(t), Some(d)) => tokio::time::sleep_until(t + d).await,
-                                    _ => std::future::pending().await,
-                                }
-                            };
                             tokio::select! {
                                 _ = stop.changed() => break,
-                                _ = linger => {
-                                    let _ = ws.close(None).await;
-                                    break;
-                                }
                                 c = cmds.recv() => match c {
                                     Ok(Command::Drop) => break,
                                     Ok(Command::Close(code, reason)) => {
@@ -182,6 +164,9 @@ impl EchoAgentBuilder {
                                         if matches!(m, Message::Text(_) | Message::Binary(_)) {
                                             rec.lock().unwrap().received.push(Received { conn, message: m.clone() });
                                         }
+                                        if let Message::Close(f) = &m {
+                                            rec.lock().unwrap().closes.push(f.as_ref().map(|f| u16::from(f.code)));
+                                        }
                                         match m {
                                             Message::Text(t) => {
                                                 let out = match &b.reply_prefix {
@@ -191,9 +176,6 @@ impl EchoAgentBuilder {
                                                 if ws.send(Message::Text(out.into())).await.is_err() { break; }
                                             }
                                             Message::Binary(bin) if ws.send(Message::Binary(bin.clone())).await.is_err() => break,
-                                            Message::Close(_) if b.ignore_close_for.is_some() && closing_since.is_none() => {
-                                                closing_since = Some(tokio::time::Instant::now());
-                                            }
                                             _ => {}
                                         }
                                     }
@@ -243,6 +225,10 @@ impl EchoAgent {
             .iter()
             .filter_map(|r| r.text().map(str::to_string))
             .collect()
+    }
+    /// Close codes the agent received, in order.
+    pub fn closes(&self) -> Vec<Option<u16>> {
+        self.rec.lock().unwrap().closes.clone()
     }
     pub fn active(&self) -> usize {
         self.rec.lock().unwrap().active

@@ -437,13 +437,36 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     .await
 }
 
-/// Sends raw bytes as an HTTP request and reads the whole answer: (status, body).
+/// Sends raw bytes as an HTTP request and reads one answer: (status, body). Stops at the end
+/// of the body (Content-Length) or when the server closes.
 pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(request.as_bytes()).await.expect("write");
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(n)) => n,
+            _ => 0,
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+            });
+            if len.is_some_and(|l| body.len() >= l) || head.starts_with("HTTP/1.1 101") {
+                break;
+            }
+        }
+    }
     let text = String::from_utf8_lossy(&buf).to_string();
     let status = text
         .split_whitespace()

@@ -127,7 +127,7 @@ pub fn service(s: &pb::Service) -> String {
             )
             .add("proxy_metadata", o(c.proxy_metadata.map(|v| v.to_string())))
             .add("weight", o(c.weight.map(|v| v.to_string())));
-        if let Some(wd) = &c.working_dir {
+        if let Some(wd) = c.working_dir.as_ref().filter(|w| !w.is_empty()) {
             f.add("working_dir", wd);
         }
         if let Some(a) = c.args.as_ref().filter(|a| !a.items.is_empty()) {
@@ -482,4 +482,152 @@ pub fn rules(r: &pb::ListRulesResponse) -> String {
         ]);
     }
     format!("{}\n{} rule(s)\n", tbl.render(), r.total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Option<prost_types::Timestamp> {
+        crate::timeparse::parse_since(s).ok()
+    }
+
+    fn weather() -> pb::Service {
+        pb::Service {
+            service_id: "0b6c".into(),
+            name: "weather-agent".into(),
+            host: "localhost".into(),
+            port: 8081,
+            endpoint: "ws://localhost:8081".into(),
+            status: "running".into(),
+            tags: vec!["weather".into(), "information".into()],
+            created_at: ts("2024-01-01T10:00:00Z"),
+            started_at: ts("2024-01-01T10:01:00Z"),
+            stats: Some(pb::ServiceStats {
+                active_connections: 12,
+                active_sessions: 8,
+                uptime_seconds: 3600,
+                ..Default::default()
+            }),
+            health: Some(pb::HealthSummary {
+                status: "healthy".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn list_snapshot() {
+        let ext = pb::Service {
+            service_id: "9f1d".into(),
+            name: "ext".into(),
+            endpoint: "ws://10.0.0.2:9000".into(),
+            status: "stopped".into(),
+            ..Default::default()
+        };
+        let r = pb::ListServicesResponse {
+            services: vec![weather(), ext],
+            total: 2,
+            has_next: false,
+            limit: 100,
+            offset: 0,
+        };
+        assert_eq!(
+            list(&r),
+            "\
+NAME           STATUS   HEALTH   ENDPOINT             TAGS                 CONNS  SESSIONS  UPTIME  SERVICE_ID
+weather-agent  running  healthy  ws://localhost:8081  weather,information  12     8         1h 0m   0b6c
+ext            stopped  -        ws://10.0.0.2:9000   -                    0      0         -       9f1d
+
+2 service(s)
+"
+        );
+    }
+
+    #[test]
+    fn list_paging_hint() {
+        let r = pb::ListServicesResponse {
+            services: vec![weather()],
+            total: 3,
+            has_next: true,
+            limit: 1,
+            offset: 1,
+        };
+        assert!(
+            list(&r).ends_with("\nShowing 2-2 of 3 (next: --offset 2)\n"),
+            "{}",
+            list(&r)
+        );
+    }
+
+    #[test]
+    fn rules_snapshot() {
+        let r = pb::ListRulesResponse {
+            rules: vec![pb::RoutingRule {
+                rule_id: "r1".into(),
+                name: "VIP用户路由".into(),
+                priority: 10,
+                conditions: vec![pb::Condition {
+                    field: "header.x-user-tier".into(),
+                    operator: "equals".into(),
+                    value: "vip".into(),
+                    values: vec![],
+                }],
+                target_strategy: "least_connections".into(),
+                target_tags: vec!["high-performance".into()],
+                enabled: true,
+                ..Default::default()
+            }],
+            total: 1,
+        };
+        assert_eq!(
+            rules(&r),
+            "\
+NAME         PRIORITY  ENABLED  STRATEGY           TARGET_TAGS       CONDITIONS              RULE_ID
+VIP用户路由  10        true     least_connections  high-performance  header.x-user-tier=vip  r1
+
+1 rule(s)
+"
+        );
+    }
+
+    #[test]
+    fn show_has_every_section() {
+        let mut s = weather();
+        s.config = Some(pb::ServiceConfig {
+            max_sessions: Some(100),
+            ..Default::default()
+        });
+        s.runtime = Some(pb::RuntimeInfo {
+            managed: true,
+            pid: 4242,
+            ..Default::default()
+        });
+        s.sync = Some(pb::SyncStatus {
+            config_version: 7,
+            in_sync: false,
+            proxies: vec![pb::ProxySyncState {
+                node_id: "p1".into(),
+                applied_version: 6,
+                in_sync: false,
+                nack_error: "bad rule".into(),
+            }],
+        });
+        let out = service(&s);
+        for piece in [
+            "name:         weather-agent",
+            "started_at:   2024-01-01T10:01:00Z",
+            "Config:\n  max_sessions:",
+            "Stats:\n  connections:",
+            "Health:\n  status:",
+            "Runtime:\n  managed:",
+            "pid:",
+            "4242",
+            "Proxy sync: config version 7, NOT in sync",
+            "bad rule",
+        ] {
+            assert!(out.contains(piece), "show lacks {piece:?}:\n{out}");
+        }
+    }
 }

@@ -583,8 +583,7 @@ impl Actor {
         e.rt.cpu_percent = 0.0;
         e.rt.error_code = None;
         self.complete_request(id);
-        self.persist(id).await;
-        self.log(id, Level::Info, msg);
+        // Health first, so whoever sees `stopped` also sees `unknown`.
         self.set_health(
             id,
             HealthStatus::Unknown,
@@ -593,6 +592,8 @@ impl Actor {
             Some(false),
         )
         .await;
+        self.persist(id).await;
+        self.log(id, Level::Info, msg);
     }
 
     pub(super) async fn on_timer(&mut self, id: &str, epoch: u64, kind: TimerKind) {

@@ -89,8 +89,8 @@ pub struct Relay<C> {
     to_up_bytes: usize,
     /// A control frame (close) for the upstream; goes before `to_up`, even while holding.
     up_ctrl: Option<Message>,
-    /// Client data frames sent upstream since the agent last answered: replayed to the next
-    /// service on failover (at-least-once delivery).
+    /// Client data frames sent upstream and not yet answered (one agent frame answers the
+    /// oldest one): replayed to the next service on failover (at-least-once delivery).
     unacked: VecDeque<Message>,
     unacked_bytes: usize,
     to_client: VecDeque<Message>,
@@ -598,9 +598,11 @@ where
                         .upstream_response_seconds
                         .observe(d.as_secs_f64());
                 }
-                // The agent answered: what it was sent before has been received.
-                self.unacked.clear();
-                self.unacked_bytes = 0;
+                // One answer acknowledges one request: exact for request/response agents;
+                // agents that answer several frames per request only shorten the replay window.
+                if let Some(acked) = self.unacked.pop_front() {
+                    self.unacked_bytes -= data_len(&acked);
+                }
                 if !self.is_closing() {
                     self.to_client.push_back(m);
                 }

@@ -1,0 +1,261 @@
+//! Failover (DESIGN §6, §9): unexpected upstream ends, services turning non-routable or
+//! draining, buffers, and the cases with no candidate left.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use myagent_proto::v1 as pb;
+use myagent_tests::agents::{echo_agent, EchoAgent};
+use myagent_tests::proxy::*;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn two_agents() -> (
+    EchoAgent,
+    EchoAgent,
+    FakeControlPlane,
+    ProxyHarness,
+    Vec<pb::ServiceSnapshot>,
+) {
+    let a = echo_agent().spawn().await;
+    let b = echo_agent().spawn().await;
+    let cp = FakeControlPlane::spawn().await;
+    let proxy = spawn_proxy(&[cp.url()], |_| {}).await;
+    let services = vec![
+        service("id-a", "a", a.addr, &["t"]),
+        service("id-b", "b", b.addr, &["t"]),
+    ];
+    cp.push(full(1, services.clone(), vec![]));
+    proxy.wait_version(1).await;
+    (a, b, cp, proxy, services)
+}
+
+/// Sequence numbers found in agent-received envelopes.
+fn seqs_received(agent: &EchoAgent) -> BTreeSet<u64> {
+    agent
+        .received_texts()
+        .iter()
+        .filter_map(|t| serde_json::from_str::<Value>(t).ok())
+        .filter_map(|v| v["original_message"]["seq"].as_u64())
+        .collect()
+}
+
+/// Reads frames until `n` distinct echoed seqs were seen; returns them and the events.
+async fn collect_echoes(ws: &mut Client, n: usize) -> (BTreeSet<u64>, Vec<Value>) {
+    let mut seen = BTreeSet::new();
+    let mut events = Vec::new();
+    while seen.len() < n {
+        let v = next_json(ws).await;
+        if let Some(s) = v["original_message"]["seq"].as_u64() {
+            seen.insert(s);
+        } else {
+            events.push(v);
+        }
+    }
+    (seen, events)
+}
+
+#[tokio::test]
+async fn upstream_crash_fails_over_with_zero_lost_messages() {
+    let (a, b, _cp, proxy, _) = two_agents().await;
+    let (mut ws, routed) = connect_routed(&proxy.ws_url("tag=t&routing_hint=round_robin")).await;
+    let session_id = routed["session_id"].as_str().unwrap().to_string();
+    let (first, other) = if routed["target_service"] == "a" {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    let total = 300u64;
+    let crash_at = 100u64;
+    for seq in 0..total {
+        send_text(&mut ws, &format!(r#"{{"seq":{seq}}}"#)).await;
+        if seq == crash_at {
+            first.drop_connections();
+        }
+    }
+    let (seen, events) = collect_echoes(&mut ws, total as usize).await;
+    assert_eq!(seen.len() as u64, total);
+    let switched: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "service_switched")
+        .collect();
+    assert_eq!(switched.len(), 1, "{events:?}");
+    let d = &switched[0]["data"];
+    assert_eq!(d["from_service"], routed["target_service"]);
+    assert_ne!(d["to_service"], routed["target_service"]);
+    assert_eq!(d["reason"], "upstream_closed");
+    assert_eq!(d["session_preserved"], true);
+    // Every client message reached an agent (at-least-once), the new agent got the same session.
+    let all: BTreeSet<u64> = seqs_received(first)
+        .union(&seqs_received(other))
+        .copied()
+        .collect();
+    assert_eq!(all.len() as u64, total);
+    let hs = other.handshakes().pop().unwrap();
+    assert_eq!(
+        hs.query_param("session_id").as_deref(),
+        Some(session_id.as_str())
+    );
+    // Envelopes after the switch name the new service.
+    let last = other.received_texts().pop().unwrap();
+    let v: Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(v["proxy_metadata"]["target_service"], d["to_service"]);
+    assert_eq!(v["proxy_metadata"]["session_id"], session_id.as_str());
+    let (_, metrics) = proxy.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("myagent_proxy_failovers_total{reason=\"upstream_closed\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn agent_going_away_1001_fails_over() {
+    let (a, b, _cp, proxy, _) = two_agents().await;
+    let (mut ws, routed) = connect_routed(&proxy.ws_url("tag=t")).await;
+    let first = if routed["target_service"] == "a" {
+        &a
+    } else {
+        &b
+    };
+    first.close_connections(1001, "restarting");
+    let ev = next_json(&mut ws).await;
+    assert_eq!(ev["event"], "service_switched", "{ev}");
+    assert_eq!(ev["data"]["reason"], "upstream_closed");
+    send_text(&mut ws, r#"{"seq":1}"#).await;
+    let v = next_json(&mut ws).await;
+    assert_eq!(v["original_message"]["seq"], 1);
+}
+
+#[tokio::test]
+async fn unhealthy_service_drains_then_switches_without_loss() {
+    let (a, b, cp, proxy, mut services) = two_agents().await;
+    let (mut ws, routed) = connect_routed(&proxy.ws_url("tag=t")).await;
+    let from = routed["target_service"].as_str().unwrap().to_string();
+    let (first, other) = if from == "a" { (&a, &b) } else { (&b, &a) };
+    for seq in 0..20 {
+        send_text(&mut ws, &format!(r#"{{"seq":{seq}}}"#)).await;
+    }
+    // The serving service turns unhealthy while frames are in flight.
+    let idx = services.iter().position(|s| s.name == from).unwrap();
+    services[idx].routable = false;
+    services[idx].health = "unhealthy".into();
+    cp.push(full(2, services, vec![]));
+    for seq in 20..40 {
+        send_text(&mut ws, &format!(r#"{{"seq":{seq}}}"#)).await;
+    }
+    let (seen, events) = collect_echoes(&mut ws, 40).await;
+    assert_eq!(seen.len(), 40);
+    let sw = events
+        .iter()
+        .find(|e| e["event"] == "service_switched")
+        .expect("service_switched");
+    assert_eq!(sw["data"]["reason"], "service_unhealthy");
+    assert_eq!(sw["data"]["from_service"], from.as_str());
+    // The old agent was closed with 1001 (drain), not cut.
+    myagent_tests::assert_eventually!(
+        Duration::from_secs(5),
+        first.closes().contains(&Some(1001)),
+        "1001 close at the old agent"
+    );
+    let all: BTreeSet<u64> = seqs_received(first)
+        .union(&seqs_received(other))
+        .copied()
+        .collect();
+    assert_eq!(all.len(), 40);
+}
+
+#[tokio::test]
+async fn draining_and_stopped_reasons() {
+    let (_a, _b, cp, proxy, mut services) = two_agents().await;
+    let (mut ws, routed) = connect_routed(&proxy.ws_url("tag=t")).await;
+    let from = routed["target_service"].as_str().unwrap().to_string();
+    let idx = services.iter().position(|s| s.name == from).unwrap();
+    services[idx].draining = true;
+    cp.push(full(2, services.clone(), vec![]));
+    let ev = next_json(&mut ws).await;
+    assert_eq!(
+        (ev["event"].as_str(), ev["data"]["reason"].as_str()),
+        (Some("service_switched"), Some("service_draining"))
+    );
+    // Now stop the one it moved to (the first is back).
+    let now = ev["data"]["to_service"].as_str().unwrap().to_string();
+    services[idx].draining = false;
+    let j = services.iter().position(|s| s.name == now).unwrap();
+    services[j].routable = false;
+    services[j].status = "stopped".into();
+    cp.push(full(3, services, vec![]));
+    let ev = next_json(&mut ws).await;
+    assert_eq!(ev["data"]["reason"], "service_stopped", "{ev}");
+    assert_eq!(ev["data"]["to_service"], from.as_str());
+}
+
+#[tokio::test]
+async fn no_candidate_relays_the_end() {
+    let a = echo_agent().spawn().await;
+    let cp = FakeControlPlane::spawn().await;
+    let proxy = spawn_proxy(&[cp.url()], |_| {}).await;
+    cp.push(full(1, vec![service("id-a", "a", a.addr, &["t"])], vec![]));
+    proxy.wait_version(1).await;
+
+    let (mut ws, _) = connect_routed(&proxy.ws_url("tag=t")).await;
+    a.close_connections(1001, "going away");
+    let (code, reason, events) = read_until_close(&mut ws).await;
+    assert_eq!((code, reason.as_str()), (1001, "going away"));
+    assert_eq!(events[0]["event"], "error");
+    assert_eq!(events[0]["data"]["recoverable"], true);
+
+    let (mut ws, _) = connect_routed(&proxy.ws_url("service=a")).await;
+    a.drop_connections();
+    let (code, _, _) = read_until_close(&mut ws).await;
+    assert_eq!(code, 1011);
+}
+
+#[tokio::test]
+async fn failover_buffer_overflow_closes_1013() {
+    let a = echo_agent().spawn().await;
+    // A "service" that accepts TCP but never answers the handshake: switching to it hangs.
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = blackhole.local_addr().unwrap();
+    let cp = FakeControlPlane::spawn().await;
+    let proxy = spawn_proxy(&[cp.url()], |c| {
+        c.client_buffer_frames = 5;
+        c.connect_timeout = Duration::from_secs(5);
+    })
+    .await;
+    cp.push(full(
+        1,
+        vec![
+            service("id-a", "a", a.addr, &["t"]),
+            service("id-h", "hole", hole_addr, &["t"]),
+        ],
+        vec![],
+    ));
+    proxy.wait_version(1).await;
+    let mut ws = loop {
+        let (ws, d) = connect_routed(&proxy.ws_url("tag=t&routing_hint=round_robin")).await;
+        if d["target_service"] == "a" {
+            break ws;
+        }
+    };
+    a.drop_connections();
+    // Wait for the switch to start (the agent connection is gone), then flood.
+    myagent_tests::assert_eventually!(Duration::from_secs(5), a.active() == 0, "agent dropped");
+    for seq in 0..20 {
+        if futures::SinkExt::send(&mut ws, Message::Text(format!(r#"{{"seq":{seq}}}"#).into()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (code, _, events) = read_until_close(&mut ws).await;
+    assert_eq!(code, 1013);
+    let err = events
+        .iter()
+        .find(|e| e["event"] == "error")
+        .expect("error event");
+    assert_eq!(err["data"]["code"], "INSUFFICIENT_RESOURCES");
+    drop(blackhole);
+    let _ = ws.next().await;
+}

@@ -1,0 +1,184 @@
+//! Limits and malformed input: oversized frames (1009), protocol violations (1002), invalid
+//! UTF-8 (1007), idle timeout, and other connections unaffected.
+
+use std::time::Duration;
+
+use futures::SinkExt;
+use myagent_tests::agents::echo_agent;
+use myagent_tests::proxy::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+async fn setup(
+    tweak: impl FnOnce(&mut myagent_data_plane::Cli),
+) -> (
+    myagent_tests::agents::EchoAgent,
+    FakeControlPlane,
+    ProxyHarness,
+) {
+    let a = echo_agent().spawn().await;
+    let cp = FakeControlPlane::spawn().await;
+    let proxy = spawn_proxy(&[cp.url()], tweak).await;
+    cp.push(full(1, vec![service("id-a", "a", a.addr, &["t"])], vec![]));
+    proxy.wait_version(1).await;
+    (a, cp, proxy)
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_1009_and_others_continue() {
+    let (_a, _cp, proxy) = setup(|c| c.max_frame_bytes = 1024).await;
+    let (mut good, _) = connect_routed(&proxy.ws_url("tag=t")).await;
+    let (mut bad, _) = connect_routed(&proxy.ws_url("tag=t")).await;
+    bad.send(Message::Binary(vec![7u8; 4096].into()))
+        .await
+        .unwrap();
+    let (code, _, events) = read_until_close(&mut bad).await;
+    assert_eq!(code, 1009);
+    assert_eq!(events[0]["event"], "error");
+    assert_eq!(events[0]["data"]["code"], "INVALID_REQUEST");
+    // 1 KiB exactly is fine on the other connection.
+    good.send(Message::Binary(vec![1u8; 1024].into()))
+        .await
+        .unwrap();
+    match next_msg(&mut good).await {
+        Message::Binary(b) => assert_eq!(b.len(), 1024),
+        m => panic!("{m:?}"),
+    }
+}
+
+/// A raw WebSocket client: handshake by hand, then arbitrary bytes.
+async fn raw_ws(proxy: &ProxyHarness) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(proxy.ws_addr).await.unwrap();
+    let req = "GET /ws?tag=t HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    s.write_all(req.as_bytes()).await.unwrap();
+    // Read the 101 head and the connection_routed frame.
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("connection_routed") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+/// Reads frames until a close frame; returns its code.
+async fn raw_close_code(s: &mut tokio::net::TcpStream) -> u16 {
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        if n == 0 {
+            panic!("closed without a close frame: {all:?}");
+        }
+        all.extend_from_slice(&buf[..n]);
+        // Walk unmasked server frames.
+        let mut i = 0;
+        while i + 2 <= all.len() {
+            let op = all[i] & 0x0f;
+            let mut len = (all[i + 1] & 0x7f) as usize;
+            let mut h = 2;
+            if len == 126 {
+                if i + 4 > all.len() {
+                    break;
+                }
+                len = u16::from_be_bytes([all[i + 2], all[i + 3]]) as usize;
+                h = 4;
+            }
+            if i + h + len > all.len() {
+                break;
+            }
+            if op == 0x8 {
+                return u16::from_be_bytes([all[i + h], all[i + h + 1]]);
+            }
+            i += h + len;
+        }
+    }
+}
+
+fn masked(op: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x80 | op, 0x80 | payload.len() as u8, 1, 2, 3, 4];
+    f.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
+    );
+    f
+}
+
+#[tokio::test]
+async fn malformed_frames_get_protocol_close_codes() {
+    let (_a, _cp, proxy) = setup(|_| {}).await;
+    let (mut good, _) = connect_routed(&proxy.ws_url("tag=t")).await;
+
+    // Reserved opcode 0x3 → 1002.
+    let mut s = raw_ws(&proxy).await;
+    s.write_all(&masked(0x3, b"x")).await.unwrap();
+    assert_eq!(raw_close_code(&mut s).await, 1002);
+
+    // Unmasked client frame → 1002.
+    let mut s = raw_ws(&proxy).await;
+    s.write_all(&[0x81, 0x02, b'h', b'i']).await.unwrap();
+    assert_eq!(raw_close_code(&mut s).await, 1002);
+
+    // Invalid UTF-8 in a text frame → 1007.
+    let mut s = raw_ws(&proxy).await;
+    s.write_all(&masked(0x1, &[0xff, 0xfe, 0xfd]))
+        .await
+        .unwrap();
+    assert_eq!(raw_close_code(&mut s).await, 1007);
+
+    // Garbage bytes after the upgrade: closed, no panic.
+    let mut s = raw_ws(&proxy).await;
+    s.write_all(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0x01])
+        .await
+        .unwrap();
+    let _ = raw_close_code_or_eof(&mut s).await;
+
+    // The well-behaved connection still works.
+    send_text(&mut good, r#"{"still":"here"}"#).await;
+    assert_eq!(
+        next_json(&mut good).await["original_message"]["still"],
+        "here"
+    );
+}
+
+async fn raw_close_code_or_eof(s: &mut tokio::net::TcpStream) -> Option<u16> {
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    (n >= 4 && buf[0] & 0x0f == 0x8).then(|| u16::from_be_bytes([buf[2], buf[3]]))
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let (_a, _cp, proxy) = setup(|c| c.idle_timeout = Duration::from_millis(300)).await;
+    let (mut ws, _) = connect_routed(&proxy.ws_url("tag=t")).await;
+    let started = std::time::Instant::now();
+    let (code, reason, _) = read_until_close(&mut ws).await;
+    assert_eq!((code, reason.as_str()), (1001, "idle timeout"));
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn shutdown_closes_clients_with_1001() {
+    let (_a, _cp, proxy) = setup(|_| {}).await;
+    let (mut ws, _) = connect_routed(&proxy.ws_url("tag=t")).await;
+    let stopper = tokio::spawn(proxy.stop());
+    let (code, _, _) = read_until_close(&mut ws).await;
+    assert_eq!(code, 1001);
+    drop(ws);
+    tokio::time::timeout(Duration::from_secs(10), stopper)
+        .await
+        .unwrap()
+        .unwrap();
+}
