@@ -141,6 +141,11 @@ pub struct Cli {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Time between the leader's statistics samples: the finest time-series resolution and the
+    /// shortest `interval` a time-series query accepts (e.g. 10s, 1s, 500ms).
+    #[arg(long, env = "MYAGENT_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration, help_heading = "Statistics")]
+    pub stats_interval: Duration,
+
     /// Identity of this replica in leader election and logs (default: random).
     #[arg(long, env = "MYAGENT_REPLICA_ID")]
     pub replica_id: Option<String>,
@@ -181,6 +186,7 @@ pub struct Settings {
     pub tokens: Tokens,
     pub tls: Option<TlsSettings>,
     pub replica_id: String,
+    pub stats: crate::stats::SamplerConfig,
 }
 
 impl Cli {
@@ -245,6 +251,14 @@ impl Cli {
             Some(id) => id.trim().to_string(),
             None => format!("cp-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
         };
+        if self.stats_interval < Duration::from_millis(100)
+            || self.stats_interval > Duration::from_secs(3600)
+        {
+            return Err(Error::invalid(
+                "--stats-interval",
+                "stats interval must be between 100ms and 1h",
+            ));
+        }
         Ok(Settings {
             listen: self.listen,
             admin_listen: self.admin_listen,
@@ -253,6 +267,9 @@ impl Cli {
             tokens,
             tls,
             replica_id,
+            stats: crate::stats::SamplerConfig {
+                interval: self.stats_interval,
+            },
         })
     }
 }

@@ -142,7 +142,7 @@ impl Bound {
         let mut routes = RoutesBuilder::default();
         // Agent and manager logs of this replica, shared by the supervisor and the Logs API.
         let logs = LogHub::open(ctx.data_dir.join("logs"), LogConfig::default())?;
-        let names = add_grpc_services(&ctx, &logs, &mut routes);
+        let names = add_grpc_services(&ctx, &settings, &logs, &mut routes);
         for name in &names {
             health
                 .set_service_status(*name, ServingStatus::Serving)
@@ -158,7 +158,7 @@ impl Bound {
         let election = elect.then(|| start_election(&ctx, leader_tx, election_stop.clone()));
 
         let tracker = TaskTracker::new();
-        spawn_background(&ctx, &logs, &tracker);
+        spawn_background(&ctx, &settings, &logs, &tracker);
 
         let mut builder = Server::builder();
         if let Some(tls) = &settings.tls {
@@ -301,6 +301,7 @@ fn start_election(
 /// (To add: HealthChecks, Logs, Connections, ProxyControl, Stats.)
 fn add_grpc_services(
     ctx: &Context,
+    settings: &Settings,
     logs: &LogHub,
     routes: &mut RoutesBuilder,
 ) -> Vec<&'static str> {
@@ -308,15 +309,21 @@ fn add_grpc_services(
     use pb::logs_server::LogsServer;
     use pb::routing_rules_server::RoutingRulesServer;
     use pb::service_registry_server::ServiceRegistryServer;
+    use pb::stats_server::StatsServer;
 
     type Registry = ServiceRegistryServer<grpc::registry::RegistryApi>;
     type Rules = RoutingRulesServer<grpc::rules::RulesApi>;
+    type StatsApi = StatsServer<grpc::stats::StatsApi>;
     type Health = HealthChecksServer<grpc::health::HealthService>;
     type Logs = LogsServer<grpc::logs::LogsService>;
     routes.add_service(Registry::new(grpc::registry::RegistryApi::new(ctx.clone())));
     routes.add_service(Rules::new(grpc::rules::RulesApi::new(ctx.clone())));
     routes.add_service(grpc::health::HealthService::new(ctx.clone(), logs.clone()).into_server());
     routes.add_service(grpc::logs::LogsService::new(ctx.clone(), logs.clone()).into_server());
+    routes.add_service(StatsApi::new(grpc::stats::StatsApi::new(
+        ctx.clone(),
+        &settings.stats,
+    )));
     // The data-plane hub (config stream, reports, connections API); its loops end with
     // `ctx.shutdown` and `spawn_background` waits for them.
     let hub = crate::stream::Hub::start(ctx.clone(), crate::stream::HubConfig::default());
@@ -327,6 +334,7 @@ fn add_grpc_services(
     vec![
         Registry::NAME,
         Rules::NAME,
+        StatsApi::NAME,
         Health::NAME,
         Logs::NAME,
         Proxy::NAME,
@@ -336,7 +344,7 @@ fn add_grpc_services(
 
 /// EXTENSION POINT — background loops (leader-only loops watch `ctx.is_leader`; every loop ends
 /// when `ctx.shutdown` fires). Spawn on `tracker` so shutdown waits for them.
-fn spawn_background(ctx: &Context, logs: &LogHub, tracker: &TaskTracker) {
+fn spawn_background(ctx: &Context, settings: &Settings, logs: &LogHub, tracker: &TaskTracker) {
     if let Some(hub) = crate::stream::Hub::for_context(ctx) {
         tracker.spawn(async move { hub.join().await });
     }
@@ -350,6 +358,7 @@ fn spawn_background(ctx: &Context, logs: &LogHub, tracker: &TaskTracker) {
     tracker.spawn(async move {
         let _ = checker.await;
     });
+    crate::stats::spawn(ctx, &settings.stats, tracker);
 }
 
 /// Server reflection (v1 and v1alpha) over our descriptors and grpc.health.v1's.

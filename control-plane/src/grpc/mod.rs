@@ -7,6 +7,7 @@ pub mod logs;
 pub mod proxy;
 pub mod registry;
 pub mod rules;
+pub mod stats;
 
 use crate::context::Context;
 use crate::error::Result;

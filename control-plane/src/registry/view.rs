@@ -83,7 +83,7 @@ pub async fn assemble(ctx: &Context, defs: Vec<ServiceDef>) -> Result<Vec<Servic
             )
         };
     let now = Utc::now();
-    let views = defs
+    let mut views: Vec<ServiceView> = defs
         .into_iter()
         .map(|def| {
             let runtime = runtimes.remove(&def.id);
@@ -93,6 +93,7 @@ pub async fn assemble(ctx: &Context, defs: Vec<ServiceDef>) -> Result<Vec<Servic
         .collect();
     // Extension point: the stats module adds connection/session counters here and the stream
     // module adds proxy sync status, each with one call over `views`.
+    crate::stats::view::fill(ctx, &mut views).await?;
     Ok(views)
 }
 

@@ -132,9 +132,24 @@ struct SessionDoc {
     state: String,
 }
 
-/// Live load per service id, cluster-wide.
+/// Live load per service id, cluster-wide: the config-stream hub's watched view of the
+/// connection and session records when it runs on this replica (no store read at all), else
+/// counted from one range of each prefix.
 pub async fn live_load(ctx: &crate::context::Context) -> Result<HashMap<String, Load>> {
-    live_load_from_store(&ctx.store).await
+    let Some(hub) = crate::stream::Hub::for_context(ctx) else {
+        return live_load_from_store(&ctx.store).await;
+    };
+    Ok(hub
+        .cluster_load()
+        .into_iter()
+        .map(|(id, l)| {
+            let load = Load {
+                active_connections: l.active_connections,
+                active_sessions: l.active_sessions,
+            };
+            (id, load)
+        })
+        .collect())
 }
 
 /// Counts active connection records and non-completed session records per service.

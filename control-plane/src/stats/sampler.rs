@@ -15,14 +15,16 @@ use std::time::Duration;
 use chrono::{TimeZone, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::exporter::StatsMetrics;
 use super::records::{self, Counters, Load};
 use super::series::{self, Resolution, Row, ALL_SCOPE};
 use super::summary::{day_of, Summary, Totals, SUMMARY_KEY};
 use crate::context::Context;
 use crate::error::Result;
-use crate::store::{json, Txn, TxnOp};
+use crate::store::{json, Revision, Txn, TxnOp};
 
 /// Sampler state key.
 pub const STATE_KEY: &str = "stats/ts/state";
@@ -30,6 +32,8 @@ pub const STATE_KEY: &str = "stats/ts/state";
 const MAX_TXN_OPS: usize = 128;
 const MINUTE_MS: i64 = 60_000;
 const HOUR_MS: i64 = 3_600_000;
+/// Peaks that rose between samples are written at most this often.
+const PEAK_FLUSH: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone)]
 pub struct SamplerConfig {
@@ -83,33 +87,81 @@ struct Sampler {
 }
 
 /// Runs for the life of the control plane; samples only while this replica leads.
-pub async fn run(ctx: Context, cfg: SamplerConfig) {
+pub async fn run(ctx: Context, cfg: SamplerConfig, metrics: Option<StatsMetrics>) {
     let mut leader = ctx.is_leader.clone();
     loop {
         if *leader.borrow_and_update() {
             info!(interval = ?cfg.interval, "stats sampler: leading, sampling");
-            lead(&ctx, &cfg, &mut leader).await;
+            lead(&ctx, &cfg, &mut leader, metrics.as_ref()).await;
             info!("stats sampler: stopped sampling");
         }
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
-            r = leader.changed() => if r.is_err() { return },
+            r = leader.changed() => {
+                if r.is_err() {
+                    // Leadership is settled for good (no election): wait for shutdown.
+                    ctx.shutdown.cancelled().await;
+                    return;
+                }
+            }
         }
     }
 }
 
 /// Samples until leadership is lost or shutdown; returns then.
-async fn lead(ctx: &Context, cfg: &SamplerConfig, leader: &mut tokio::sync::watch::Receiver<bool>) {
+async fn lead(
+    ctx: &Context,
+    cfg: &SamplerConfig,
+    leader: &mut watch::Receiver<bool>,
+    metrics: Option<&StatsMetrics>,
+) {
     let mut sampler: Option<Sampler> = None;
     let step = cfg.interval_ms();
     let mut next = next_tick(Utc::now().timestamp_millis(), step);
+    // Every change of the store the config-stream hub applies may move the live load; peaks
+    // are taken there too, so a burst shorter than the sampling interval is not missed.
+    let hub = crate::stream::Hub::for_context(ctx);
+    let mut changes = hub.as_ref().map(|h| h.inner.revision.subscribe());
+    let mut flush_peaks_at: Option<tokio::time::Instant> = None;
+    // Without an election (one replica on the embedded store) the sender is gone and the
+    // replica leads for good.
+    let mut election_open = true;
     loop {
         let wait = Duration::from_millis((next - Utc::now().timestamp_millis()).max(0) as u64);
+        let flush_at = flush_peaks_at.unwrap_or_else(|| tokio::time::Instant::now() + wait);
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return,
-            r = leader.changed() => {
-                if r.is_err() || !*leader.borrow_and_update() {
-                    return;
+            r = leader.changed(), if election_open => match r {
+                Err(_) => election_open = false,
+                Ok(()) => {
+                    if !*leader.borrow_and_update() {
+                        return;
+                    }
+                }
+            },
+            _ = store_changed(&mut changes) => {
+                if let (Some(s), Some(h)) = (sampler.as_mut(), hub.as_ref()) {
+                    let load = h.cluster_load();
+                    let rose = s.summary.observe(
+                        &day_of(Utc::now()),
+                        load.iter().map(|(id, l)| (id.as_str(), l.active_connections)),
+                    );
+                    if rose && flush_peaks_at.is_none() {
+                        flush_peaks_at = Some(tokio::time::Instant::now() + PEAK_FLUSH);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(flush_at), if flush_peaks_at.is_some() => {
+                flush_peaks_at = None;
+                if let Some(s) = sampler.as_ref() {
+                    let written = match json::encode(&s.summary) {
+                        Ok(v) => ctx.store.put(SUMMARY_KEY, v, None).await.map(|_| ()),
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = written {
+                        warn!(error = %e, "stats sampler: cannot write peaks; reloading state");
+                        sampler = None;
+                    }
                 }
             }
             _ = tokio::time::sleep(wait) => {
@@ -129,15 +181,38 @@ async fn lead(ctx: &Context, cfg: &SamplerConfig, leader: &mut tokio::sync::watc
                 match s.sample(ctx, next).await {
                     Ok(ops) => {
                         debug!(at = next, ops, took_ms = started.elapsed().as_millis() as u64, "stats sample written");
+                        if let Some(m) = metrics {
+                            m.samples.inc();
+                            m.sample_duration.observe(started.elapsed().as_secs_f64());
+                        }
+                        // The sample wrote the summary, peaks included.
+                        flush_peaks_at = None;
                         sampler = Some(s);
                     }
                     // The in-memory view may now differ from the store: reload it next tick.
-                    Err(e) => warn!(error = %e, "stats sampler: sample failed; reloading state"),
+                    Err(e) => {
+                        warn!(error = %e, "stats sampler: sample failed; reloading state");
+                        if let Some(m) = metrics {
+                            m.sample_failures.inc();
+                        }
+                    }
                 }
                 next = next_tick(Utc::now().timestamp_millis().max(next), step);
             }
         }
     }
+}
+
+/// Resolves when the hub applied another store revision; never, without a hub.
+async fn store_changed(rx: &mut Option<watch::Receiver<Revision>>) {
+    if let Some(r) = rx {
+        if r.changed().await.is_ok() {
+            return;
+        }
+        // The hub stopped: nothing more will change.
+        *rx = None;
+    }
+    std::future::pending::<()>().await
 }
 
 /// The first multiple of `step` strictly after `now`.

@@ -93,7 +93,8 @@ pub fn bucket_key(res: Resolution, scope: &str, bucket_start_ms: i64) -> String 
 }
 
 /// One sample, or several folded into one (a rollup). Gauges are averages over `samples`;
-/// counters are sums. Short field names keep stored buckets small.
+/// counters are sums. Short field names, and zeros left out, keep stored buckets small (an
+/// idle service's row is `{"t":..,"n":1}`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     /// Start of the row's span (raw: sample time), ms since the epoch.
@@ -101,26 +102,34 @@ pub struct Row {
     /// Raw samples folded into this row (the weight of its gauges).
     #[serde(rename = "n")]
     pub samples: u32,
-    #[serde(rename = "c")]
+    #[serde(rename = "c", default, skip_serializing_if = "is_zero_f")]
     pub connections: f64,
-    #[serde(rename = "s")]
+    #[serde(rename = "s", default, skip_serializing_if = "is_zero_f")]
     pub sessions: f64,
     /// Messages relayed in both directions.
-    #[serde(rename = "m")]
+    #[serde(rename = "m", default, skip_serializing_if = "is_zero_u")]
     pub messages: u64,
     /// Client→agent messages only (the overview's throughput).
-    #[serde(rename = "mi", default)]
+    #[serde(rename = "mi", default, skip_serializing_if = "is_zero_u")]
     pub messages_in: u64,
-    #[serde(rename = "e")]
+    #[serde(rename = "e", default, skip_serializing_if = "is_zero_u")]
     pub errors: u64,
-    #[serde(rename = "rs")]
+    #[serde(rename = "rs", default, skip_serializing_if = "is_zero_f")]
     pub rt_sum_ms: f64,
-    #[serde(rename = "rc")]
+    #[serde(rename = "rc", default, skip_serializing_if = "is_zero_u")]
     pub rt_count: u64,
-    #[serde(rename = "mem")]
+    #[serde(rename = "mem", default, skip_serializing_if = "is_zero_f")]
     pub memory_mb: f64,
-    #[serde(rename = "cpu")]
+    #[serde(rename = "cpu", default, skip_serializing_if = "is_zero_f")]
     pub cpu_percent: f64,
+}
+
+fn is_zero_f(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn is_zero_u(v: &u64) -> bool {
+    *v == 0
 }
 
 impl Row {

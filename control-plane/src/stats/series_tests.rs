@@ -238,3 +238,18 @@ fn answers_are_aligned_and_bounded() {
         }
     }
 }
+
+#[test]
+fn idle_rows_are_stored_small_and_round_trip() {
+    let idle = Row {
+        t: 1_704_103_200_000,
+        samples: 1,
+        ..Row::default()
+    };
+    let text = serde_json::to_string(&idle).unwrap();
+    assert_eq!(text, r#"{"t":1704103200000,"n":1}"#);
+    assert_eq!(serde_json::from_str::<Row>(&text).unwrap(), idle);
+    let busy = sample(5, 3.0, 7);
+    let back: Row = serde_json::from_str(&serde_json::to_string(&busy).unwrap()).unwrap();
+    assert_eq!(back, busy);
+}
