@@ -160,8 +160,7 @@ pub fn service_to_pb(v: &ServiceView) -> pb::Service {
             next_restart_in_seconds: runtime.map_or(0.0, |r| r.next_restart_in_seconds),
             leader: runtime.map(|r| r.leader.clone()).unwrap_or_default(),
         }),
-        // Filled by the stream module once proxies report their applied versions.
-        sync: None,
+        sync: v.sync.clone().map(Into::into),
         updated_at: Some(timestamp(d.updated_at)),
     }
 }

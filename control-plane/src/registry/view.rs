@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::keys;
 use crate::model::{HealthState, Runtime, ServiceDef, ServiceStatus};
 use crate::store::json;
+use crate::stream::SyncStatus;
 
 /// Per-service statistics (seed §1.1 `stats`). Fields the registry cannot know yet stay 0 until
 /// the stats module fills them in `assemble`.
@@ -41,6 +42,9 @@ pub struct ServiceView {
     /// `None`: never checked (status `unknown`).
     pub health: Option<HealthState>,
     pub stats: ServiceStats,
+    /// Which proxies applied the config version with this service's last change (single-service
+    /// reads only; lists leave it out).
+    pub sync: Option<SyncStatus>,
 }
 
 impl ServiceView {
@@ -94,6 +98,9 @@ pub async fn assemble(ctx: &Context, defs: Vec<ServiceDef>) -> Result<Vec<Servic
     // Extension point: the stats module adds connection/session counters here and the stream
     // module adds proxy sync status, each with one call over `views`.
     crate::stats::view::fill(ctx, &mut views).await?;
+    if let [v] = views.as_mut_slice() {
+        v.sync = Some(sync_of(ctx, &v.def.id).await?);
+    }
     Ok(views)
 }
 
@@ -114,6 +121,18 @@ async fn by_id<T: serde::de::DeserializeOwned>(
         }
     }
     Ok(out)
+}
+
+/// Sync status of the last change that concerns the service (its definition, runtime or
+/// health record, whichever was written last).
+async fn sync_of(ctx: &Context, id: &str) -> Result<SyncStatus> {
+    let mut revision = 0;
+    for key in [keys::service(id), keys::runtime(id), keys::health(id)] {
+        if let Some(kv) = ctx.store.get(&key).await? {
+            revision = revision.max(kv.mod_revision);
+        }
+    }
+    crate::stream::sync_status(ctx, revision).await
 }
 
 /// Pure assembly of one view from its parts.
@@ -139,5 +158,6 @@ pub fn view(
         runtime,
         health,
         stats,
+        sync: None,
     }
 }
