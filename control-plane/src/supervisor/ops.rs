@@ -711,8 +711,12 @@ async fn notify_maintenance(
         )
         .await;
         match sent {
-            Ok(delivered) => tracing::info!(service = %name, delivered, "maintenance notification sent"),
-            Err(e) => tracing::warn!(service = %name, error = %e, "maintenance notification failed"),
+            Ok(delivered) => {
+                tracing::info!(service = %name, delivered, "maintenance notification sent")
+            }
+            Err(e) => {
+                tracing::warn!(service = %name, error = %e, "maintenance notification failed")
+            }
         }
     });
 }
