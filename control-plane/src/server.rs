@@ -155,7 +155,14 @@ impl Bound {
         // The election outlives the background loops: a leader steps down (revoking its lease,
         // so a successor takes over at once) only after its singleton loops have stopped.
         let election_stop = CancellationToken::new();
-        let election = elect.then(|| start_election(&ctx, leader_tx, election_stop.clone()));
+        // Embedded: no election; the sender lives as long as `run`, so the leader-only loops see a
+        // steady `true` (a dropped sender would end their leadership watch at once).
+        let (election, _embedded_leader) = if elect {
+            let task = start_election(&ctx, leader_tx, election_stop.clone());
+            (Some(task), None)
+        } else {
+            (None, Some(leader_tx))
+        };
 
         let tracker = TaskTracker::new();
         spawn_background(&ctx, &settings, &logs, &tracker);
