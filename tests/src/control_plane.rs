@@ -1,6 +1,6 @@
 //! Starts myagent-control-plane (binary or in-process) on port 0 against a chosen store.
 //!
-//! ```ignore
+//! ```text
 //! let cp = control_plane().spawn().await;                       // in-process, embedded store
 //! let cp = control_plane().etcd(&etcd, "/t1/").spawn_binary().await; // the real binary
 //! let mut registry = cp.registry().await;
