@@ -279,6 +279,7 @@ async fn reports_become_records_sessions_complete_after_timeout() {
         )],
         sessions: vec![session_event(SessKind::Detached, "sess-1", "svc-s")],
         counters: vec![],
+        ..Default::default()
     })
     .await;
     until("session idle", WAIT, || async {
@@ -413,6 +414,7 @@ async fn a_killed_stream_leaves_the_cluster_view_after_lease_expiry() {
         )],
         sessions: vec![session_event(SessKind::Created, "s-dead", "svc")],
         counters: vec![],
+        ..Default::default()
     })
     .await;
     until("connection record", WAIT, || async {
