@@ -216,6 +216,7 @@ async fn reports_become_records_sessions_complete_after_timeout() {
             response_time_sum_ms: 10.0,
             ..Default::default()
         }],
+        ..Default::default()
     })
     .await;
     let conn_key = keys::connection("p1", "c1");
