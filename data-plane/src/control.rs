@@ -24,6 +24,10 @@ use crate::events;
 use crate::snapshot::Snapshot;
 use crate::state::{ConnCommand, Shared};
 
+/// Minimum spacing of reports sent ahead of the tick for new sessions: a connect storm costs at
+/// most one extra report per gap.
+const EARLY_REPORT_GAP: Duration = Duration::from_millis(20);
+
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
 pub struct Auth(Option<MetadataValue<Ascii>>);
@@ -216,6 +220,9 @@ impl ControlClient {
         let mut got_message = false;
         let mut tick = tokio::time::interval(self.shared.settings.report_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_report = tokio::time::Instant::now();
+        // Set when a new session waits to be reported ahead of the tick.
+        let mut early: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -236,14 +243,30 @@ impl ControlClient {
                         return if got_message && !is_fatal(&status) { End::Ended(detail) } else { End::Failed { fatal: is_fatal(&status), detail } };
                     }
                 },
-                _ = tick.tick() => {
-                    if let Some(r) = reporter.collect(&self.shared) {
-                        match tx.try_send(pb::ProxyMessage { kind: Some(pb::proxy_message::Kind::Report(r)) }) {
-                            Ok(()) => self.shared.load.reported(),
-                            Err(_) => tracing::warn!("report dropped: config stream is backed up"),
-                        }
-                    }
+                _ = self.shared.report_soon.notified(), if early.is_none() => {
+                    early = Some(last_report + EARLY_REPORT_GAP);
                 }
+                _ = tokio::time::sleep_until(early.unwrap_or(last_report)), if early.is_some() => {
+                    early = None;
+                    last_report = tokio::time::Instant::now();
+                    self.send_report(reporter, &tx);
+                }
+                _ = tick.tick() => {
+                    early = None;
+                    last_report = tokio::time::Instant::now();
+                    self.send_report(reporter, &tx);
+                }
+            }
+        }
+    }
+
+    fn send_report(&self, reporter: &mut Reporter, tx: &mpsc::Sender<pb::ProxyMessage>) {
+        if let Some(r) = reporter.collect(&self.shared) {
+            match tx.try_send(pb::ProxyMessage {
+                kind: Some(pb::proxy_message::Kind::Report(r)),
+            }) {
+                Ok(()) => self.shared.load.reported(),
+                Err(_) => tracing::warn!("report dropped: config stream is backed up"),
             }
         }
     }

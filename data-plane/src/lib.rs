@@ -188,6 +188,7 @@ pub async fn bind(cli: Cli) -> Result<Bound> {
         now_ms: AtomicU64::new(state::unix_ms()),
         control_channel: RwLock::new(None),
         token: cli.token.clone().filter(|t| !t.is_empty()),
+        report_soon: tokio::sync::Notify::new(),
         shutdown: shutdown.clone(),
     });
     shared

@@ -166,6 +166,9 @@ pub struct Shared {
     /// A channel to the control plane, when connected (for `ResolveSession`).
     pub control_channel: RwLock<Option<tonic::transport::Channel>>,
     pub token: Option<String>,
+    /// Woken when a session is created: the report carrying it goes out at once (rate-limited
+    /// by the control task) so another proxy can resume the session within milliseconds.
+    pub report_soon: tokio::sync::Notify,
     pub shutdown: CancellationToken,
 }
 
@@ -218,6 +221,10 @@ impl Shared {
             service_id: service_id.to_string(),
             at: Some(ts(SystemTime::now())),
         });
+        drop(p);
+        if kind == pb::session_event::Kind::Created {
+            self.report_soon.notify_one();
+        }
     }
 
     pub fn note_passive_failure(&self, service_id: &str) {

@@ -134,22 +134,8 @@ async fn route_envelope_resume_disconnect_and_failover_through_real_proxies() {
         "events before close: {events:?}"
     );
 
-    // The session resumes through the OTHER proxy, on the same service, once the binding has
-    // reached it (reports are batched; a resume within that window gets a fresh session — a
-    // known gap, see issue 4).
-    let url = p2.ws_url(&format!("session_id={session}"));
-    let (mut ws2, data) = wait::until(
-        "the session resumable on proxy 2",
-        Duration::from_secs(10),
-        || {
-            let (url, session) = (url.clone(), session.clone());
-            async move {
-                let (ws, data) = routed(url).await;
-                (data["session_id"] == session.as_str()).then_some((ws, data))
-            }
-        },
-    )
-    .await;
+    // The session resumes through the OTHER proxy, on the same service.
+    let (mut ws2, data) = routed(p2.ws_url(&format!("session_id={session}"))).await;
     assert_eq!(data["session_id"], session.as_str(), "{data}");
     assert_eq!(data["target_service"], "agent-a", "{data}");
     assert_eq!(data["routing_strategy"], "session_affinity", "{data}");
@@ -176,4 +162,38 @@ async fn route_envelope_resume_disconnect_and_failover_through_real_proxies() {
             .any(|t| t.contains("failover")),
         "agent B did not receive the message"
     );
+}
+
+/// A client that drops its first connection and resumes through the other proxy at once keeps
+/// its session: new sessions are reported and written ahead of the batching ticks.
+#[tokio::test]
+async fn immediate_resume_through_the_other_proxy_keeps_the_session() {
+    let cp = control_plane().spawn().await;
+    let p1 = spawn_proxy(&[cp.grpc_url()], |_| {}).await;
+    let p2 = spawn_proxy(&[cp.grpc_url()], |_| {}).await;
+    let agent_a = echo_agent().spawn().await;
+    let agent_b = echo_agent().spawn().await;
+    add_agent(&cp, "agent-a", &agent_a, &["weather"]).await;
+    add_agent(&cp, "agent-b", &agent_b, &["weather"]).await;
+    // Both proxies route before the measured part starts.
+    routed(p2.ws_url("tag=weather")).await;
+    for round in 0..5 {
+        let (mut ws, data) = routed(p1.ws_url("tag=weather")).await;
+        let session = data["session_id"].as_str().expect("session_id").to_string();
+        let service = data["target_service"].clone();
+        ws.close(None).await.expect("close");
+        let t0 = Instant::now();
+        let (_ws2, data2) = routed(p2.ws_url(&format!("session_id={session}"))).await;
+        println!(
+            "round {round}: resumed through proxy 2 in {:?}",
+            t0.elapsed()
+        );
+        assert_eq!(
+            data2["session_id"],
+            session.as_str(),
+            "round {round}: {data2}"
+        );
+        assert_eq!(data2["target_service"], service, "round {round}: {data2}");
+        assert_eq!(data2["routing_strategy"], "session_affinity", "{data2}");
+    }
 }

@@ -54,9 +54,16 @@ impl ProxyControl for ProxyControlService {
             Some((s, _)) if s.state != SessionState::Completed => {
                 Ok(Response::new(crate::stream::sessions::binding(&s)))
             }
-            _ => Err(Status::not_found(format!(
-                "session '{id}' not found or completed"
-            ))),
+            // Created a moment ago through this replica, not written yet.
+            None => match crate::stream::reports::pending_binding(&self.hub, &id) {
+                Some(b) => Ok(Response::new(b)),
+                None => Err(not_found(&id)),
+            },
+            _ => Err(not_found(&id)),
         }
     }
+}
+
+fn not_found(id: &str) -> Status {
+    Status::not_found(format!("session '{id}' not found or completed"))
 }

@@ -110,6 +110,8 @@ pub(crate) struct Inner {
     pub nodes_changed: watch::Sender<u64>,
     pub local: Mutex<HashMap<String, Arc<node::LocalNode>>>,
     pub reports: Mutex<reports::Pending>,
+    /// Woken when a report brings a new session: the flusher writes it ahead of its tick.
+    pub flush_soon: tokio::sync::Notify,
     /// Issuer side: command id → waiter for its outcome.
     pub command_waiters: Mutex<HashMap<String, oneshot::Sender<model::CommandOutcome>>>,
     /// Deliverer side: command id → waiter for the proxy's result.
@@ -141,6 +143,7 @@ impl Hub {
             nodes_changed: watch::Sender::new(0),
             local: Mutex::new(HashMap::new()),
             reports: Mutex::new(reports::Pending::default()),
+            flush_soon: tokio::sync::Notify::new(),
             command_waiters: Mutex::new(HashMap::new()),
             result_waiters: Mutex::new(HashMap::new()),
             delivered: Mutex::new(commands::Delivered::default()),

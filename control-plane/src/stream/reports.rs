@@ -18,6 +18,9 @@ use super::Hub;
 use crate::keys;
 use crate::store::{json, Compare, LeaseId, Revision, Txn, TxnOp};
 
+/// Minimum spacing of flushes made ahead of the tick for new sessions.
+const EARLY_FLUSH_GAP: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// etcd's default `--max-txn-ops`; used when the store refuses bigger transactions.
 const SAFE_TXN_OPS: usize = 128;
 
@@ -143,14 +146,17 @@ pub(crate) fn ingest(hub: &Hub, node: &LocalNode, report: pb::Report) {
             .conn_deletes
             .insert(keys::connection(&node.node_id, &id));
     }
+    let mut new_session = false;
     for ev in report.sessions {
         if ev.session_id.is_empty() {
             continue;
         }
+        let kind = pb::session_event::Kind::try_from(ev.kind)
+            .unwrap_or(pb::session_event::Kind::Unspecified);
+        new_session |= kind == pb::session_event::Kind::Created;
         pending.sessions.push(SessionEventIn {
             node_id: node.node_id.clone(),
-            kind: pb::session_event::Kind::try_from(ev.kind)
-                .unwrap_or(pb::session_event::Kind::Unspecified),
+            kind,
             session_id: ev.session_id,
             service_id: ev.service_id,
             at: ev.at.as_ref().and_then(from_timestamp).unwrap_or(now),
@@ -170,21 +176,51 @@ pub(crate) fn ingest(hub: &Hub, node: &LocalNode, report: pb::Report) {
         };
         pending.counters.entry(c.service_id).or_default().add(&add);
     }
+    drop(st);
+    drop(pending);
+    if new_session {
+        hub.inner.flush_soon.notify_one();
+    }
+}
+
+/// A session created by a report this replica holds but has not written yet.
+pub(crate) fn pending_binding(hub: &Hub, session_id: &str) -> Option<pb::SessionBinding> {
+    let p = hub.inner.reports.lock().unwrap_or_else(|e| e.into_inner());
+    p.sessions
+        .iter()
+        .find(|e| e.session_id == session_id && e.kind == pb::session_event::Kind::Created)
+        .map(|e| pb::SessionBinding {
+            session_id: e.session_id.clone(),
+            service_id: e.service_id.clone(),
+            state: "active".into(),
+            created_at: Some(super::config::timestamp(e.at)),
+            last_seen: Some(super::config::timestamp(e.at)),
+        })
 }
 
 /// Writes pending reports every `report_flush` and counters every `counters_flush`; flushes
-/// once more at shutdown.
+/// once more at shutdown. A new session is written ahead of the tick (at most one early write
+/// per `EARLY_FLUSH_GAP`), so a client can resume it through another proxy at once.
 pub(crate) async fn run_flusher(hub: Hub) {
     let cfg = hub.inner.cfg.clone();
     let shutdown = hub.inner.ctx.shutdown.clone();
     let mut tick = tokio::time::interval(cfg.report_flush);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_counters = Instant::now();
+    let mut last_flush = Instant::now();
+    let mut early: Option<Instant> = None;
     loop {
         let stopping = tokio::select! {
             _ = shutdown.cancelled() => true,
+            _ = hub.inner.flush_soon.notified(), if early.is_none() => {
+                early = Some(last_flush + EARLY_FLUSH_GAP);
+                continue;
+            }
+            _ = tokio::time::sleep_until(early.unwrap_or(last_flush)), if early.is_some() => false,
             _ = tick.tick() => false,
         };
+        early = None;
+        last_flush = Instant::now();
         flush_reports(&hub).await;
         if stopping || last_counters.elapsed() >= cfg.counters_flush {
             flush_counters(&hub).await;

@@ -43,6 +43,9 @@ pub fn ws_config(shared: &Shared) -> WebSocketConfig {
         .write_buffer_size(16 * 1024)
 }
 
+/// Pauses before asking the control plane again about a session it does not know (yet).
+const RESOLVE_RETRY_MS: [u64; 2] = [40, 120];
+
 /// Session id to use, the service it is bound to (if live), and whether it is new.
 async fn resolve_session(
     shared: &Shared,
@@ -54,24 +57,43 @@ async fn resolve_session(
     if let Some(svc) = shared.sessions.get(sid) {
         return (sid.to_string(), Some(svc), false);
     }
-    // Unknown locally: ask the control plane once (bounded), the only wait on it in the
-    // connection path and only for sessions this proxy has never heard of.
-    let channel = shared
-        .control_channel
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    if let Some(ch) = channel {
+    // Unknown locally: ask the control plane (bounded), the only wait on it in the connection
+    // path and only for sessions this proxy has never heard of. A session created through
+    // another proxy a few milliseconds ago may not be written yet: a proxy-minted id (a UUID)
+    // that is not found is asked for again after short pauses before a fresh session is made.
+    let retries: &[u64] = if uuid::Uuid::parse_str(sid).is_ok() {
+        &RESOLVE_RETRY_MS
+    } else {
+        &[]
+    };
+    for pause in std::iter::once(&0).chain(retries) {
+        tokio::time::sleep(Duration::from_millis(*pause)).await;
+        let channel = shared
+            .control_channel
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let Some(ch) = channel else { break };
         let mut client = crate::control::client(ch, shared.token.clone());
         let call = client.resolve_session(pb::ResolveSessionRequest {
             session_id: sid.to_string(),
         });
-        if let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), call).await {
-            let b = resp.into_inner();
-            if !b.service_id.is_empty() && b.state != "completed" {
+        match tokio::time::timeout(Duration::from_secs(2), call).await {
+            Ok(Ok(resp)) => {
+                let b = resp.into_inner();
+                if b.service_id.is_empty() || b.state == "completed" {
+                    break;
+                }
                 shared.sessions.bind(sid, &b.service_id);
                 return (sid.to_string(), Some(b.service_id), false);
             }
+            Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
+                // The session update may reach this proxy over the stream meanwhile.
+                if let Some(svc) = shared.sessions.get(sid) {
+                    return (sid.to_string(), Some(svc), false);
+                }
+            }
+            _ => break,
         }
     }
     // Unknown or completed: a fresh session (ids are minted by the proxy, never by clients).
