@@ -547,8 +547,6 @@ async fn rule_change_over_rest_reaches_the_proxy_on_the_other_replica() {
 /// Scenario 3: a session resumes through the OTHER proxy (other replica) immediately after its
 /// connection closed — one attempt, no retry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known race (issue 4): a session resumed on another proxy within the proxies' report \
-            interval gets a fresh session; the lead's fix is in progress — run with --ignored"]
 async fn session_resumes_through_the_other_proxy_right_after_disconnect() {
     bounded("resume", async {
         let c = Cluster::start(false).await;
