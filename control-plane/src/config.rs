@@ -150,6 +150,26 @@ pub struct Cli {
     #[arg(long, env = "MYAGENT_REPLICA_ID")]
     pub replica_id: Option<String>,
 
+    /// gRPC URL other replicas use to reach this one (published in the leader record; followers
+    /// forward Logs calls there). Default: the bound gRPC address (https with --tls-cert); a
+    /// wildcard bind (0.0.0.0, ::) advertises this machine's hostname.
+    #[arg(long, env = "MYAGENT_ADVERTISE_URL", help_heading = "Listeners")]
+    pub advertise_url: Option<String>,
+
+    /// Size at which a service's current log file is rotated (bytes; K, M, G, KiB, MiB, GiB
+    /// suffixes accepted).
+    #[arg(long, env = "MYAGENT_LOG_MAX_FILE_BYTES", default_value = "10MiB", value_parser = parse_size, help_heading = "Agent logs")]
+    pub log_max_file_bytes: u64,
+
+    /// Log files kept per service, the current one included; the oldest is deleted on rotation.
+    #[arg(
+        long,
+        env = "MYAGENT_LOG_MAX_FILES",
+        default_value = "5",
+        help_heading = "Agent logs"
+    )]
+    pub log_max_files: usize,
+
     /// Log format.
     #[arg(long, env = "MYAGENT_LOG_FORMAT", value_enum, default_value = "auto")]
     pub log_format: LogFormat,
@@ -186,7 +206,11 @@ pub struct Settings {
     pub tokens: Tokens,
     pub tls: Option<TlsSettings>,
     pub replica_id: String,
+    /// `--advertise-url` as given (checked); `None`: derived from the bound address.
+    pub advertise_url: Option<String>,
     pub stats: crate::stats::SamplerConfig,
+    /// Rotation and retention of agent logs.
+    pub logs: crate::logs::LogConfig,
 }
 
 impl Cli {
@@ -259,6 +283,23 @@ impl Cli {
                 "stats interval must be between 100ms and 1h",
             ));
         }
+        if self.log_max_file_bytes < MIN_LOG_FILE_BYTES {
+            return Err(Error::invalid(
+                "--log-max-file-bytes",
+                format!("log files must be allowed at least {MIN_LOG_FILE_BYTES} bytes"),
+            ));
+        }
+        if !(1..=1000).contains(&self.log_max_files) {
+            return Err(Error::invalid(
+                "--log-max-files",
+                "between 1 and 1000 log files per service",
+            ));
+        }
+        let advertise_url = self
+            .advertise_url
+            .as_deref()
+            .map(|u| check_url("--advertise-url", u))
+            .transpose()?;
         Ok(Settings {
             listen: self.listen,
             admin_listen: self.admin_listen,
@@ -267,11 +308,80 @@ impl Cli {
             tokens,
             tls,
             replica_id,
+            advertise_url,
             stats: crate::stats::SamplerConfig {
                 interval: self.stats_interval,
             },
+            logs: crate::logs::LogConfig {
+                max_file_bytes: self.log_max_file_bytes,
+                max_files: self.log_max_files,
+            },
         })
     }
+}
+
+/// Smallest accepted `--log-max-file-bytes`: one long line (16 KiB) must fit in a file.
+pub const MIN_LOG_FILE_BYTES: u64 = 1024;
+
+/// An `http://` or `https://` URL with a host (trailing `/` removed).
+fn check_url(flag: &str, url: &str) -> Result<String> {
+    let url = url.trim().trim_end_matches('/');
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| {
+            Error::invalid(flag, format!("'{url}' must start with http:// or https://"))
+        })?;
+    if rest.is_empty() || rest.contains('/') || url.parse::<http::Uri>().is_err() {
+        return Err(Error::invalid(
+            flag,
+            format!("'{url}' is not a URL of the form http(s)://host:port"),
+        ));
+    }
+    Ok(url.to_string())
+}
+
+/// The URL other replicas reach this one at: `advertised`, else `listen` as bound (a wildcard
+/// address becomes this machine's hostname, which peers on other hosts can resolve; loopback
+/// stays loopback).
+pub fn advertise_url(advertised: Option<&str>, bound: SocketAddr, tls: bool) -> String {
+    if let Some(u) = advertised {
+        return u.to_string();
+    }
+    let scheme = if tls { "https" } else { "http" };
+    let host = if bound.ip().is_unspecified() {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "127.0.0.1".to_string())
+    } else {
+        match bound.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        }
+    };
+    format!("{scheme}://{host}:{}", bound.port())
+}
+
+/// `1048576`, `512K`, `10M`, `1G`, `64KiB`, `10MiB`, `1GiB` (K/M/G are powers of 1024 too:
+/// log sizes are file sizes).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size '{s}' (examples: 1048576, 512KiB, 10MiB)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("invalid size unit in '{s}' (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))
 }
 
 fn read_pem(flag: &str, path: &std::path::Path) -> Result<Vec<u8>> {
@@ -364,6 +474,53 @@ mod tests {
         let cli = Cli::try_parse_from(["x", "--store", "etcd", "--etcd-prefix", "nope"]).unwrap();
         match cli.settings() {
             Err(Error::InvalidRequest { field, .. }) => assert_eq!(field, "--etcd-prefix"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn log_rotation_flags() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        let s = cli.settings().unwrap();
+        assert_eq!(s.logs.max_file_bytes, 10 * 1024 * 1024);
+        assert_eq!(s.logs.max_files, 5);
+        let cli =
+            Cli::try_parse_from(["x", "--log-max-file-bytes", "64KiB", "--log-max-files", "2"])
+                .unwrap();
+        let s = cli.settings().unwrap();
+        assert_eq!((s.logs.max_file_bytes, s.logs.max_files), (65536, 2));
+        for (flag, v) in [("--log-max-file-bytes", "10"), ("--log-max-files", "0")] {
+            let cli = Cli::try_parse_from(["x", flag, v]).unwrap();
+            match cli.settings() {
+                Err(Error::InvalidRequest { field, .. }) => assert_eq!(field, flag),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(Cli::try_parse_from(["x", "--log-max-file-bytes", "5 parsecs"]).is_err());
+        assert_eq!(parse_size("2000").unwrap(), 2000);
+        assert_eq!(parse_size("1M").unwrap(), 1 << 20);
+    }
+
+    #[test]
+    fn advertise_url_defaults_and_checks() {
+        let a: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        assert_eq!(advertise_url(None, a, false), "http://127.0.0.1:7000");
+        assert_eq!(advertise_url(None, a, true), "https://127.0.0.1:7000");
+        let any: SocketAddr = "0.0.0.0:7000".parse().unwrap();
+        let u = advertise_url(None, any, false);
+        assert!(
+            u.starts_with("http://") && u.ends_with(":7000") && !u.contains("0.0.0.0"),
+            "{u}"
+        );
+        let cli =
+            Cli::try_parse_from(["x", "--advertise-url", "http://cp-1.internal:50051/"]).unwrap();
+        assert_eq!(
+            cli.settings().unwrap().advertise_url.as_deref(),
+            Some("http://cp-1.internal:50051")
+        );
+        let cli = Cli::try_parse_from(["x", "--advertise-url", "cp-1:50051"]).unwrap();
+        match cli.settings() {
+            Err(Error::InvalidRequest { field, .. }) => assert_eq!(field, "--advertise-url"),
             other => panic!("unexpected {other:?}"),
         }
     }

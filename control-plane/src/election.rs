@@ -32,20 +32,44 @@ const RETRY: Duration = Duration::from_millis(500);
 pub struct LeaderRecord {
     pub replica_id: String,
     pub since: chrono::DateTime<chrono::Utc>,
+    /// The leader's advertised gRPC URL (`--advertise-url`): where followers forward calls
+    /// that only the leader can answer (its local agent logs). Empty in records written by
+    /// replicas that predate the field.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
 }
 
 /// The replica id of the current leader, if any.
 pub async fn current_leader(store: &StoreRef) -> Result<Option<String>> {
-    Ok(json::get::<LeaderRecord>(store, ELECTION_LEADER)
+    Ok(current_leader_record(store)
         .await?
-        .map(|(record, _)| record.replica_id))
+        .map(|record| record.replica_id))
 }
 
-/// Starts campaigning for `replica_id`. The receiver is `true` while this replica leads; the
-/// task ends when `shutdown` is cancelled (revoking the lease if it leads).
+/// The current leader's record (id, since, advertised URL), if any replica leads.
+pub async fn current_leader_record(store: &StoreRef) -> Result<Option<LeaderRecord>> {
+    Ok(json::get::<LeaderRecord>(store, ELECTION_LEADER)
+        .await?
+        .map(|(record, _)| record))
+}
+
+/// Starts campaigning for `replica_id` without an advertised URL (see `spawn_advertising`).
 pub fn spawn(
     store: StoreRef,
     replica_id: Arc<str>,
+    ttl: Duration,
+    shutdown: CancellationToken,
+) -> (watch::Receiver<bool>, JoinHandle<()>) {
+    spawn_advertising(store, replica_id, String::new(), ttl, shutdown)
+}
+
+/// Starts campaigning for `replica_id`, publishing `url` in the leader record while it leads.
+/// The receiver is `true` while this replica leads; the task ends when `shutdown` is cancelled
+/// (revoking the lease if it leads).
+pub fn spawn_advertising(
+    store: StoreRef,
+    replica_id: Arc<str>,
+    url: String,
     ttl: Duration,
     shutdown: CancellationToken,
 ) -> (watch::Receiver<bool>, JoinHandle<()>) {
@@ -53,6 +77,7 @@ pub fn spawn(
     let elector = Elector {
         store,
         replica_id,
+        url,
         ttl,
         shutdown,
         is_leader: tx,
@@ -63,6 +88,7 @@ pub fn spawn(
 struct Elector {
     store: StoreRef,
     replica_id: Arc<str>,
+    url: String,
     ttl: Duration,
     shutdown: CancellationToken,
     is_leader: watch::Sender<bool>,
@@ -77,7 +103,7 @@ enum Campaign {
 
 impl Elector {
     async fn run(self) {
-        tracing::info!(replica = %self.replica_id, ttl = ?self.ttl, "election started");
+        tracing::info!(replica = %self.replica_id, url = %self.url, ttl = ?self.ttl, "election started");
         while !self.shutdown.is_cancelled() {
             match self.campaign().await {
                 Ok(Campaign::Won(lease, revision)) => {
@@ -109,6 +135,7 @@ impl Elector {
         let record = json::encode(&LeaderRecord {
             replica_id: self.replica_id.to_string(),
             since: chrono::Utc::now(),
+            url: self.url.clone(),
         })?;
         let txn = Txn {
             compares: vec![Compare::Absent(ELECTION_LEADER.into())],
@@ -238,5 +265,24 @@ impl Elector {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_without_url_still_parse() {
+        let old = r#"{"replica_id":"cp-a","since":"2026-01-01T00:00:00Z"}"#;
+        let r: LeaderRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((r.replica_id.as_str(), r.url.as_str()), ("cp-a", ""));
+        let new = LeaderRecord {
+            url: "http://10.0.0.1:50051".into(),
+            ..r
+        };
+        let text = serde_json::to_string(&new).unwrap();
+        assert!(text.contains("\"url\":\"http://10.0.0.1:50051\""), "{text}");
+        assert_eq!(serde_json::from_str::<LeaderRecord>(&text).unwrap(), new);
     }
 }

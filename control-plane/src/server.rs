@@ -33,7 +33,7 @@ use crate::election;
 use crate::error::{Error, Result};
 use crate::grpc;
 use crate::health;
-use crate::logs::{LogConfig, LogHub};
+use crate::logs::LogHub;
 use crate::metrics::{GrpcMetricsLayer, MeteredStore, Metrics};
 use crate::store::{build_store, StoreConfig};
 use crate::supervisor;
@@ -141,7 +141,7 @@ impl Bound {
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = RoutesBuilder::default();
         // Agent and manager logs of this replica, shared by the supervisor and the Logs API.
-        let logs = LogHub::open(ctx.data_dir.join("logs"), LogConfig::default())?;
+        let logs = LogHub::open(ctx.data_dir.join("logs"), settings.logs)?;
         let names = add_grpc_services(&ctx, &settings, &logs, &mut routes);
         for name in &names {
             health
@@ -158,7 +158,12 @@ impl Bound {
         // Embedded: no election; the sender lives as long as `run`, so the leader-only loops see a
         // steady `true` (a dropped sender would end their leadership watch at once).
         let (election, _embedded_leader) = if elect {
-            let task = start_election(&ctx, leader_tx, election_stop.clone());
+            let url = crate::config::advertise_url(
+                settings.advertise_url.as_deref(),
+                grpc_addr,
+                settings.tls.is_some(),
+            );
+            let task = start_election(&ctx, url, leader_tx, election_stop.clone());
             (Some(task), None)
         } else {
             (None, Some(leader_tx))
@@ -276,12 +281,14 @@ fn join_msg<T, E: std::fmt::Display>(
 /// Campaigns for leadership and mirrors the result into `leader_tx` (`ctx.is_leader`).
 fn start_election(
     ctx: &Context,
+    advertise_url: String,
     leader_tx: watch::Sender<bool>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let (mut rx, task) = election::spawn(
+    let (mut rx, task) = election::spawn_advertising(
         ctx.store.clone(),
         ctx.replica_id.clone(),
+        advertise_url,
         election::DEFAULT_TTL,
         stop,
     );
@@ -326,7 +333,11 @@ fn add_grpc_services(
     routes.add_service(Registry::new(grpc::registry::RegistryApi::new(ctx.clone())));
     routes.add_service(Rules::new(grpc::rules::RulesApi::new(ctx.clone())));
     routes.add_service(grpc::health::HealthService::new(ctx.clone(), logs.clone()).into_server());
-    routes.add_service(grpc::logs::LogsService::new(ctx.clone(), logs.clone()).into_server());
+    routes.add_service(
+        grpc::logs::LogsService::new(ctx.clone(), logs.clone())
+            .with_peer_tls(settings.tls.clone())
+            .into_server(),
+    );
     routes.add_service(StatsApi::new(grpc::stats::StatsApi::new(
         ctx.clone(),
         &settings.stats,

@@ -11,6 +11,9 @@ Misbehaviour for tests (environment variables):
   ECHO_HANG_HANDSHAKE=1        accept TCP connections but never answer the upgrade
   ECHO_HANG_AFTER=<seconds>    answer handshakes only that long after listening (then hang)
   ECHO_SPAWN_CHILD=1           start a child process (`sleep 3600`) and print `child_pid=<pid>`
+  ECHO_GRANDCHILD_HOLDS_PORT=1 once listening, start a child process that inherits the listening
+                               socket and sleeps, and print `grandchild_pid=<pid>` (it outlives
+                               this agent and keeps the port, as a forked worker would)
   ECHO_IGNORE_SIGTERM=1        ignore SIGTERM (the supervisor must SIGKILL after the grace)
   ECHO_STARTUP_DELAY=<seconds> wait before listening
   ECHO_LOG_EVERY=<seconds>     print a `tick <n>` line periodically
@@ -159,6 +162,14 @@ async def main():
         log_out(f"child_pid={child.pid}")
     server = await asyncio.start_server(serve, host, port)
     LISTENING_SINCE[0] = time.monotonic()
+    if os.environ.get("ECHO_GRANDCHILD_HOLDS_PORT") == "1":
+        fds = [s.fileno() for s in server.sockets]
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(3600)"],
+            pass_fds=fds,
+            stdin=subprocess.DEVNULL,
+        )
+        log_out(f"grandchild_pid={holder.pid}")
     log_out(f"INFO {NAME} listening on ws://{host}:{port} (pid {os.getpid()})")
     log_err("WARNING this is a warning line on stderr")
     log_out("level=debug a debug line")

@@ -1,18 +1,22 @@
 //! gRPC `Logs` service (seed §1.6): query, search and follow (a server stream).
 //!
-//! Logs are read from this replica's disk (see `crate::logs`): ask the leader.
+//! Logs are read from the leader's disk: on any other replica the call is forwarded to the
+//! leader (`crate::logs::forward`), so every replica answers the same.
 
 use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use myagent_proto::v1 as pb;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
+use tonic_types::StatusExt;
 
 use super::health::{find_service, timestamp};
+use crate::config::TlsSettings;
 use crate::context::Context;
 use crate::error::Error;
+use crate::logs::forward::{LeaderForward, Route};
 use crate::logs::{Level, LogEntry, LogHub, LogQuery};
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -24,11 +28,19 @@ const FOLLOW_BUFFER: usize = 256;
 pub struct LogsService {
     ctx: Context,
     logs: LogHub,
+    forward: LeaderForward,
 }
 
 impl LogsService {
     pub fn new(ctx: Context, logs: LogHub) -> Self {
-        LogsService { ctx, logs }
+        let forward = LeaderForward::new(ctx.clone(), None);
+        LogsService { ctx, logs, forward }
+    }
+
+    /// This replica's TLS material, used when forwarding to an `https` leader.
+    pub fn with_peer_tls(mut self, tls: Option<TlsSettings>) -> Self {
+        self.forward = LeaderForward::new(self.ctx.clone(), tls);
+        self
     }
 
     pub fn into_server(self) -> pb::logs_server::LogsServer<Self> {
@@ -84,6 +96,13 @@ impl pb::logs_server::Logs for LogsService {
         &self,
         req: Request<pb::GetLogsRequest>,
     ) -> Result<Response<pb::GetLogsResponse>, Status> {
+        if let Route::Leader { mut client, leader } = self.forward.route(&req).await? {
+            let out = self.forward.outgoing(req, false);
+            return client
+                .get_logs(out)
+                .await
+                .map_err(|s| self.forward.upstream_error(s, &leader));
+        }
         let req = req.into_inner();
         let q = LogQuery {
             min_level: parse_level(&req.level)?,
@@ -103,6 +122,13 @@ impl pb::logs_server::Logs for LogsService {
         &self,
         req: Request<pb::SearchLogsRequest>,
     ) -> Result<Response<pb::SearchLogsResponse>, Status> {
+        if let Route::Leader { mut client, leader } = self.forward.route(&req).await? {
+            let out = self.forward.outgoing(req, false);
+            return client
+                .search_logs(out)
+                .await
+                .map_err(|s| self.forward.upstream_error(s, &leader));
+        }
         let req = req.into_inner();
         if req.query.trim().is_empty() {
             return Err(Error::invalid("query", "query is required").into());
@@ -131,6 +157,31 @@ impl pb::logs_server::Logs for LogsService {
         &self,
         req: Request<pb::FollowLogsRequest>,
     ) -> Result<Response<Self::FollowLogsStream>, Status> {
+        if let Route::Leader { mut client, leader } = self.forward.route(&req).await? {
+            let out = self.forward.outgoing(req, true);
+            let upstream = client
+                .follow_logs(out)
+                .await
+                .map_err(|s| self.forward.upstream_error(s, &leader))?
+                .into_inner();
+            // Relayed until either side ends; this replica's shutdown ends it too. A leader that
+            // dies mid-stream ends the stream with UNAVAILABLE: the client follows again.
+            let stream = upstream
+                .map(|item| {
+                    item.map_err(|s| {
+                        if s.get_details_error_info().is_some() {
+                            s
+                        } else {
+                            Status::unavailable(format!(
+                                "the leader's log stream ended: {}; follow again",
+                                s.message()
+                            ))
+                        }
+                    })
+                })
+                .take_until(self.ctx.shutdown.clone().cancelled_owned());
+            return Ok(Response::new(Box::pin(stream)));
+        }
         let req = req.into_inner();
         let level = parse_level(&req.level)?;
         let tail = parse_limit(req.tail, 0).unwrap_or(MAX_LIMIT);

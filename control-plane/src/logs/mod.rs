@@ -1,9 +1,10 @@
 //! Agent and manager logs: capture, on-disk storage with rotation, query, search, follow.
 //!
 //! Logs are written where the processes run — the leader — under `<data_dir>/logs/<service_id>/`.
-//! Queries read the local disk of the replica that serves them: in a multi-replica deployment,
-//! ask the leader (the replica whose id `show` reports as `runtime.leader`) for a service's logs.
-//! After a failover the new leader's disk holds the logs from its own term only.
+//! The leader answers queries from its disk; any other replica forwards Logs calls to it
+//! (`forward`), so every replica answers the same. After a failover the new leader's disk holds
+//! the logs from its own term only: lines captured under an earlier leader stay on that
+//! replica's disk (readable there, or by asking it while it leads again).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use tokio::sync::broadcast;
 use crate::error::{Error, Result};
 
 mod files;
+pub mod forward;
 pub mod level;
 
 pub use level::{Level, Source};

@@ -21,6 +21,7 @@ pub mod backoff;
 mod drain;
 pub mod lifecycle;
 mod ops;
+pub mod orphans;
 mod pdeathsig;
 pub mod port;
 pub mod process;

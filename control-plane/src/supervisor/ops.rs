@@ -11,12 +11,14 @@ use tokio_util::sync::CancellationToken;
 use super::actor::{Actor, AfterStop, Phase, StartReason};
 use super::backoff::{Decision, STABLE_AFTER};
 use super::process::{self, signal_group};
-use super::{drain, port, Msg, TimerKind};
+use super::{drain, orphans, port, Msg, TimerKind};
 use crate::health::{self, probe::ProbeOutcome, secs};
 use crate::logs::Level;
 use crate::model::{HealthStatus, RestartRequest, ServiceStatus};
 
 const START_PROBE_EVERY: Duration = Duration::from_millis(100);
+/// Longest wait for killed leftovers of an earlier run to exit before launching.
+const LEFTOVER_KILL_WAIT: Duration = Duration::from_secs(3);
 
 impl Actor {
     fn log(&self, id: &str, level: Level, msg: &str) {
@@ -81,6 +83,9 @@ impl Actor {
 
     /// Launches a managed process, or admits an external service.
     pub(super) async fn launch(&mut self, id: &str, reason: StartReason) {
+        if self.entries.get(id).is_some_and(|e| e.def.is_managed()) {
+            self.kill_leftovers(id).await;
+        }
         let others: Vec<_> = self
             .entries
             .values()
@@ -228,6 +233,34 @@ impl Actor {
                 }
             }
         });
+    }
+
+    /// Kills what is left of an earlier run of this service on this host (processes the agent
+    /// started that outlived a SIGKILLed leader, see `orphans`), so they cannot hold its port.
+    async fn kill_leftovers(&mut self, id: &str) {
+        let sid = id.to_string();
+        let found = tokio::task::spawn_blocking(move || orphans::find(&sid))
+            .await
+            .unwrap_or_default();
+        if found.is_empty() {
+            return;
+        }
+        orphans::kill_all(&found);
+        let gone = orphans::wait_gone(&found, LEFTOVER_KILL_WAIT).await;
+        let list = found
+            .iter()
+            .map(|l| format!("pid {} (group {}): {}", l.pid, l.pgid, l.command))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let msg = format!(
+            "killed {} leftover process(es) of an earlier run of this service before starting{}: {list}",
+            found.len(),
+            if gone { "" } else { " (some still exiting)" }
+        );
+        tracing::warn!(service_id = id, leftovers = found.len(), "{msg}");
+        if let Some(e) = self.entries.get(id) {
+            self.logs.manager(id, &e.def.name, Level::Warn, &msg);
+        }
     }
 
     /// A start did not succeed (no process is left running).

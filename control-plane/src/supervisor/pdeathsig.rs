@@ -4,7 +4,8 @@
 //! its own copy on the same port. A graceful loss of leadership stops the processes explicitly
 //! (see `actor::shutdown_all`). Limits: the signal follows the launching *thread* (tokio worker
 //! threads live as long as the runtime), and only the direct child gets it — grandchildren that
-//! the agent spawned are reparented; they are killed with the group on every orderly stop.
+//! the agent spawned are reparented; they are killed with the group on every orderly stop, and
+//! after a crash the next launch of the service finds and kills them (`orphans`).
 
 use tokio::process::Command;
 
