@@ -520,10 +520,29 @@ impl Reporter {
                 "report events dropped (buffer full)"
             );
         }
+        // Peaks since the last report: the control plane cannot see connections that opened
+        // and closed in between side by side. Sent for services with traffic in this report
+        // or whose peak exceeds what is open now (a plain open connection needs no figure).
+        let peaks = shared.load.take_peaks();
+        for (id, (peak, live)) in peaks.services {
+            if let Some(c) = per_service.get_mut(&id) {
+                c.peak_connections = peak;
+            } else if peak > live {
+                per_service.insert(
+                    id.clone(),
+                    pb::ServiceCounters {
+                        service_id: id,
+                        peak_connections: peak,
+                        ..Default::default()
+                    },
+                );
+            }
+        }
         let mut report = pb::Report {
             connections: pending.connections,
             sessions: pending.sessions,
             counters: per_service.into_values().collect(),
+            peak_connections: peaks.node,
         };
         report.connections.extend(updated);
         if report.connections.is_empty() && report.sessions.is_empty() && report.counters.is_empty()

@@ -20,12 +20,27 @@ struct Local {
     /// LoadUpdate).
     base_active: i64,
     base_sessions: i64,
+    /// Most live connections at once since the peaks were last taken (for the report).
+    peak: i64,
 }
 
 #[derive(Debug, Default)]
 struct Table {
     cluster: HashMap<String, (u64, u64)>,
     local: HashMap<String, Local>,
+    /// Live connections on this proxy, all services, and their most at once since the peaks
+    /// were last taken.
+    node_active: i64,
+    node_peak: i64,
+}
+
+/// Most connections open at once on this proxy since the previous [`Load::take_peaks`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Peaks {
+    /// Per service id: (peak, live now). Only services that had a connection in the window.
+    pub services: HashMap<String, (u64, u64)>,
+    /// All services together.
+    pub node: u64,
 }
 
 /// Thread-safe load table; every operation is a short critical section (never across `.await`).
@@ -66,9 +81,12 @@ impl Load {
         self.with(|t| {
             let l = t.local.entry(service_id.to_string()).or_default();
             l.active += 1;
+            l.peak = l.peak.max(l.active);
             if new_session {
                 l.sessions_created += 1;
             }
+            t.node_active += 1;
+            t.node_peak = t.node_peak.max(t.node_active);
         })
     }
 
@@ -76,7 +94,28 @@ impl Load {
         self.with(|t| {
             if let Some(l) = t.local.get_mut(service_id) {
                 l.active -= 1;
+                t.node_active -= 1;
             }
+        })
+    }
+
+    /// The peaks since the previous call; the next window starts at the current counts (a
+    /// connection open across reports counts in both windows).
+    pub fn take_peaks(&self) -> Peaks {
+        self.with(|t| {
+            let mut out = Peaks {
+                node: t.node_peak.max(0) as u64,
+                ..Peaks::default()
+            };
+            t.node_peak = t.node_active;
+            for (id, l) in t.local.iter_mut() {
+                if l.peak > 0 {
+                    out.services
+                        .insert(id.clone(), (l.peak as u64, l.active.max(0) as u64));
+                }
+                l.peak = l.active;
+            }
+            out
         })
     }
 
@@ -151,5 +190,32 @@ mod tests {
         load.connection_closed("a");
         assert_eq!(load.get("a").connections, 4);
         assert_eq!(load.get("b"), ServiceLoad::default());
+    }
+
+    #[test]
+    fn peaks_catch_connections_that_open_and_close_between_reports() {
+        let load = Load::default();
+        load.connection_opened("a", true);
+        load.connection_opened("a", true);
+        load.connection_opened("b", true);
+        load.connection_closed("a");
+        load.connection_closed("a");
+        let p = load.take_peaks();
+        assert_eq!(p.services["a"], (2, 0));
+        assert_eq!(p.services["b"], (1, 1));
+        assert_eq!(p.node, 3);
+        // The next window starts from what is still open.
+        let p = load.take_peaks();
+        assert_eq!(p.services.get("a"), None);
+        assert_eq!(p.services["b"], (1, 1));
+        assert_eq!(p.node, 1);
+        // A failover moves a connection without raising the node's peak.
+        load.connection_closed("b");
+        load.connection_opened("a", false);
+        let p = load.take_peaks();
+        assert_eq!(
+            (p.services["a"], p.services["b"], p.node),
+            ((1, 1), (1, 0), 1)
+        );
     }
 }

@@ -144,6 +144,7 @@ async fn known_traffic_gives_exact_counts() {
             connections: (0..N).map(|i| conn_event(C::Opened, i, &sid)).collect(),
             sessions: (0..N).map(|i| session_event(S::Created, i, &sid)).collect(),
             counters: vec![],
+            ..Default::default()
         })
         .await;
     // M client messages, M agent replies at 5 ms each, one upstream error.
@@ -159,6 +160,7 @@ async fn known_traffic_gives_exact_counts() {
                 response_time_count: M,
                 response_time_sum_ms: 5.0 * M as f64,
                 passive_failures: 0,
+                peak_connections: 0,
             }],
             ..Default::default()
         })
@@ -228,6 +230,7 @@ async fn known_traffic_gives_exact_counts() {
                 .map(|i| session_event(S::Detached, i, &sid))
                 .collect(),
             counters: vec![],
+            ..Default::default()
         })
         .await;
     let o = wait::until("two sessions completed", WAIT, || {

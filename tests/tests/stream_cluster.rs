@@ -60,6 +60,7 @@ async fn two_replicas_share_config_sync_disconnects_and_load() {
         )],
         sessions: vec![session_event(SessKind::Created, "sb1", "svc-x")],
         counters: vec![],
+        ..Default::default()
     })
     .await;
     let mut api_a = a.connections_client().await;

@@ -216,6 +216,7 @@ async fn reports_become_records_sessions_complete_after_timeout() {
             response_time_sum_ms: 10.0,
             ..Default::default()
         }],
+        ..Default::default()
     })
     .await;
     let conn_key = keys::connection("p1", "c1");
@@ -279,6 +280,7 @@ async fn reports_become_records_sessions_complete_after_timeout() {
         )],
         sessions: vec![session_event(SessKind::Detached, "sess-1", "svc-s")],
         counters: vec![],
+        ..Default::default()
     })
     .await;
     until("session idle", WAIT, || async {
@@ -413,6 +415,7 @@ async fn a_killed_stream_leaves_the_cluster_view_after_lease_expiry() {
         )],
         sessions: vec![session_event(SessKind::Created, "s-dead", "svc")],
         counters: vec![],
+        ..Default::default()
     })
     .await;
     until("connection record", WAIT, || async {

@@ -7,6 +7,7 @@
 
 pub mod exporter;
 pub mod overview;
+pub mod peaks;
 pub mod query;
 pub mod records;
 pub mod sampler;

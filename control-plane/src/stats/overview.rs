@@ -7,15 +7,17 @@
 //!   over the counters of the services currently stored).
 //! - `connections.active`: connections open right now, cluster-wide.
 //! - `connections.peak_today`: the most connections open at once, cluster-wide, since 00:00 UTC
-//!   (tracked by the leader at every change of the connection records; at least `active`).
+//!   (tracked by the leader at every change of the connection records, and from the peaks the
+//!   proxies report — see `stats::peaks` — so connections that open and close between two
+//!   reports count; at least `active`).
 //! - `sessions.total_today`: sessions created since 00:00 UTC.
 //! - `sessions.active`: sessions not completed (a connection attached, or idle within their
 //!   `session_timeout`), right now.
 //! - `sessions.completed_today`: sessions that completed (timed out after their last
 //!   connection closed) since 00:00 UTC.
 //! - `performance.avg_response_time_ms`: mean time from a client message to the agent's next
-//!   message, over the responses of the last minute (the 60 s ending at the latest sample);
-//!   0 when there were none.
+//!   message, over the responses of the last minute (the samples of the last 60 s plus what the
+//!   proxies' counters gained since the latest sample); 0 when there were none.
 //! - `performance.throughput_per_minute`: client→agent messages in that same last minute.
 //! - `performance.error_rate`: errors / connections, all-time, cluster-wide (the per-service
 //!   `error_rate` summed up); 0 without connections. Errors are what proxies report: upstream
@@ -28,7 +30,9 @@
 
 use chrono::{DateTime, Utc};
 
+use super::peaks;
 use super::records::{self, Counters};
+use super::sampler::{SamplerState, STATE_KEY};
 use super::series::{self, Resolution, Row, ALL_SCOPE};
 use super::summary::{day_of, Summary, Totals, SUMMARY_KEY};
 use crate::context::Context;
@@ -84,15 +88,21 @@ pub struct Resources {
 
 pub async fn overview(ctx: &Context, now: DateTime<Utc>) -> Result<Overview> {
     let store = &ctx.store;
-    let (services, counters, sessions, load, summary) = tokio::try_join!(
+    let (services, counters, sessions, load, summary, peak_records) = tokio::try_join!(
         records::services(store),
         records::counter_records(store),
         records::session_totals(store),
         records::live_load(ctx),
         json::get::<Summary>(store, SUMMARY_KEY),
+        peaks::records(store),
     )?;
     let summary = summary.map(|(s, _)| s).unwrap_or_default();
-    let last_minute = last_minute_rows(ctx, &summary, now).await?;
+    let mut last_minute = last_minute_rows(ctx, &summary, now).await?;
+    if sampler_recent(&summary, now) {
+        // What the proxies reported since the latest sample, so the figures do not lag one
+        // sampling interval behind the counters.
+        last_minute.push(unsampled_tail(ctx, &counters).await?);
+    }
 
     let mut out = Overview::default();
     for (_, rt) in &services {
@@ -120,7 +130,10 @@ pub async fn overview(ctx: &Context, now: DateTime<Utc>) -> Result<Overview> {
     out.connections = ConnectionCounts {
         total: all.connections_opened,
         active: active_connections,
-        peak_today: summary.peak_today_for(&today).max(active_connections),
+        peak_today: summary
+            .peak_today_for(&today)
+            .max(peaks::today_peak(&peak_records, &today))
+            .max(active_connections),
     };
     out.sessions = SessionCounts {
         total_today: since_midnight.sessions_created,
@@ -155,18 +168,51 @@ pub fn ratio(num: u64, den: u64) -> f64 {
     }
 }
 
-/// The all-services raw rows of the 60 s ending at the latest sample — none if that sample is
-/// older than two minutes (the sampler is not running, so there is no recent traffic figure).
+fn sampler_recent(summary: &Summary, now: DateTime<Utc>) -> bool {
+    let last = summary.last_sample_ms;
+    last > 0 && now.timestamp_millis() - last <= 2 * MINUTE_MS
+}
+
+/// The counters' growth since the latest sample, as one row (the sampler's state holds the
+/// counters it last saw).
+async fn unsampled_tail(ctx: &Context, counters: &[(String, String, Counters)]) -> Result<Row> {
+    let state = json::get::<SamplerState>(&ctx.store, STATE_KEY)
+        .await?
+        .map(|(s, _)| s)
+        .unwrap_or_default();
+    Ok(tail_row(&state, counters))
+}
+
+fn tail_row(state: &SamplerState, counters: &[(String, String, Counters)]) -> Row {
+    let mut d = Counters::default();
+    for (key, _, cur) in counters {
+        let prev = state.counters.get(key).copied().unwrap_or_default();
+        d.add(&cur.since(&prev));
+    }
+    Row {
+        t: state.last_sample_ms,
+        messages: d.messages_in + d.messages_out,
+        messages_in: d.messages_in,
+        errors: d.errors,
+        rt_sum_ms: d.response_time_sum_ms,
+        rt_count: d.response_time_count,
+        ..Row::default()
+    }
+}
+
+/// The all-services raw rows of the 60 s ending now — none if the latest sample is older than
+/// two minutes (the sampler is not running, so there is no recent traffic figure).
 async fn last_minute_rows(
     ctx: &Context,
     summary: &Summary,
     now: DateTime<Utc>,
 ) -> Result<Vec<Row>> {
     let last = summary.last_sample_ms;
-    if last <= 0 || now.timestamp_millis() - last > 2 * MINUTE_MS {
+    if !sampler_recent(summary, now) {
         return Ok(Vec::new());
     }
-    let from = last - MINUTE_MS;
+    // A raw row at `t` holds what happened in the interval before `t`.
+    let from = now.timestamp_millis() - MINUTE_MS;
     let res = Resolution::Raw;
     let mut starts = vec![res.bucket_start(from)];
     if res.bucket_start(last) != starts[0] {
@@ -186,6 +232,37 @@ async fn last_minute_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tail_is_what_the_counters_gained_since_the_sample() {
+        let c = |mi: u64, mo: u64, rc: u64, rs: f64| Counters {
+            messages_in: mi,
+            messages_out: mo,
+            response_time_count: rc,
+            response_time_sum_ms: rs,
+            ..Counters::default()
+        };
+        let state = SamplerState {
+            counters: [("a/r1".to_string(), c(10, 10, 10, 50.0))].into(),
+            last_sample_ms: 1_000,
+            ..SamplerState::default()
+        };
+        let now = vec![
+            ("a/r1".to_string(), "a".to_string(), c(13, 12, 12, 70.0)),
+            // A record the sampler has not seen yet counts whole.
+            ("b/r2".to_string(), "b".to_string(), c(1, 1, 1, 4.0)),
+        ];
+        let t = tail_row(&state, &now);
+        assert_eq!(
+            (t.t, t.messages_in, t.messages, t.rt_count, t.rt_sum_ms),
+            (1_000, 4, 7, 3, 24.0)
+        );
+        let p = performance(&Counters::default(), &[t]);
+        assert_eq!(
+            (p.throughput_per_minute, p.avg_response_time_ms),
+            (4.0, 8.0)
+        );
+    }
 
     #[test]
     fn performance_over_the_window() {

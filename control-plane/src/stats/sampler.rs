@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::exporter::StatsMetrics;
+use super::peaks;
 use super::records::{self, Counters, Load};
 use super::series::{self, Resolution, Row, ALL_SCOPE};
 use super::summary::{day_of, Summary, Totals, SUMMARY_KEY};
@@ -238,11 +239,12 @@ impl Sampler {
     /// Takes one sample at `t_ms` and writes it; returns the number of store operations.
     async fn sample(&mut self, ctx: &Context, t_ms: i64) -> Result<usize> {
         let store = &ctx.store;
-        let (services, counters, sessions, load) = tokio::try_join!(
+        let (services, counters, sessions, load, peak_records) = tokio::try_join!(
             records::services(store),
             records::counter_records(store),
             records::session_totals(store),
             records::live_load(ctx),
+            peaks::stored(store),
         )?;
 
         // Counter deltas per service since the last sample.
@@ -318,6 +320,16 @@ impl Sampler {
             load.iter()
                 .map(|(id, l)| (id.as_str(), l.active_connections)),
         );
+        let today = day_of(now);
+        let folded: Vec<peaks::PeakRecord> =
+            peak_records.iter().map(|(r, _, _)| r.clone()).collect();
+        self.summary.fold_peaks(&today, &folded);
+        // Past days' records are in the summary now; they go once it is written.
+        let stale: Vec<(String, i64)> = peak_records
+            .into_iter()
+            .filter(|(r, _, _)| r.day < today)
+            .map(|(_, k, rev)| (k, rev))
+            .collect();
         self.summary.retain_services(|id| live.contains(id));
         self.summary.last_totals =
             Totals::from_records(counters.iter().map(|(_, _, c)| c), sessions.values());
@@ -340,6 +352,7 @@ impl Sampler {
         for b in self.buckets.values_mut() {
             b.dirty = false;
         }
+        peaks::delete_stale(store, &stale).await;
         Ok(n)
     }
 

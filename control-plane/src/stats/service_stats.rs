@@ -1,12 +1,13 @@
 //! Per-service statistics (seed §1.1 `stats`) for `GET /services` and `GET /services/{id}`:
 //! the traffic figures from the proxies' counters, the completed-session totals, the live load
-//! and the leader's peaks. (Memory, CPU, uptime and restarts come from `runtime/{id}` in the
+//! and the peaks (the leader's summary and the replicas' peak records, `stats::peaks`). (Memory, CPU, uptime and restarts come from `runtime/{id}` in the
 //! registry's view.) A list costs one range per prefix whatever the number of services; a
 //! single service reads only its own keys.
 
 use std::collections::HashMap;
 
 use super::overview::ratio;
+use super::peaks;
 use super::records::{self, Counters, Load, SessionTotals, COUNTERS, SESSION_TOTALS};
 use super::summary::{Summary, SUMMARY_KEY};
 use crate::context::Context;
@@ -95,9 +96,10 @@ pub async fn per_service(ctx: &Context, ids: &[&str]) -> Result<HashMap<String, 
         )?;
         (records::counters_by_service(&c), s)
     };
-    let (load, summary) = tokio::try_join!(
+    let (load, summary, peak_records) = tokio::try_join!(
         records::live_load(ctx),
-        json::get::<Summary>(store, SUMMARY_KEY)
+        json::get::<Summary>(store, SUMMARY_KEY),
+        peaks::records(store),
     )?;
     let summary = summary.map(|(s, _)| s).unwrap_or_default();
     Ok(ids
@@ -107,7 +109,12 @@ pub async fn per_service(ctx: &Context, ids: &[&str]) -> Result<HashMap<String, 
                 &counters.get(*id).copied().unwrap_or_default(),
                 &sessions.get(*id).copied().unwrap_or_default(),
                 &load.get(*id).copied().unwrap_or_default(),
-                summary.peaks.get(*id).copied().unwrap_or(0),
+                summary
+                    .peaks
+                    .get(*id)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(peaks::service_peak(&peak_records, id)),
             );
             (id.to_string(), f)
         })

@@ -123,6 +123,25 @@ impl Summary {
         changed
     }
 
+    /// Takes in the replicas' peak records (see `stats::peaks`); returns whether a peak rose.
+    pub fn fold_peaks(&mut self, today: &str, records: &[super::peaks::PeakRecord]) -> bool {
+        let mut changed = self.roll_to(today);
+        for r in records {
+            if r.day == today && r.today > self.peak_today {
+                self.peak_today = r.today;
+                changed = true;
+            }
+            for (id, p) in &r.services {
+                let peak = self.peaks.entry(id.clone()).or_insert(0);
+                if *p > *peak {
+                    *peak = *p;
+                    changed = true;
+                }
+            }
+        }
+        changed
+    }
+
     /// Drops the peaks of services that no longer exist.
     pub fn retain_services(&mut self, exists: impl Fn(&str) -> bool) -> bool {
         let before = self.peaks.len();

@@ -39,6 +39,8 @@ pub(crate) struct Pending {
     /// Cumulative counters of this replica, by service id (loaded from the store once).
     totals: Option<HashMap<String, CounterRecord>>,
     txn_ops: Option<usize>,
+    /// Peak candidates from the proxies' reports (`stats::peaks`).
+    pub(crate) peaks: crate::stats::peaks::Tracker,
 }
 
 fn key_of(c: &ConnectionRecord) -> String {
@@ -97,7 +99,12 @@ pub(crate) fn ingest(hub: &Hub, node: &LocalNode, report: pb::Report) {
     use pb::connection_event::Kind;
     let now = Utc::now();
     let cfg = &hub.inner.cfg;
+    // Before the locks below: it reads the other nodes' state and the mirror.
+    let peaks = crate::stats::peaks::from_report(hub, &node.node_id, &report);
     let mut pending = hub.inner.reports.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(c) = &peaks {
+        pending.peaks.observe(now, c);
+    }
     let mut st = node.lock();
     for ev in report.connections {
         let Some(c) = ev.connection else { continue };
@@ -462,6 +469,7 @@ fn requeue(
 }
 
 async fn flush_counters(hub: &Hub) {
+    crate::stats::peaks::flush(hub).await;
     let store = &hub.inner.ctx.store;
     let replica = hub.inner.ctx.replica_id.to_string();
     let needs_load = hub
