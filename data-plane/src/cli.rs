@@ -70,6 +70,24 @@ pub struct Cli {
     #[arg(long, env = "MYAGENT_REPORT_INTERVAL", default_value = "500ms", value_parser = parse_duration, help_heading = "Control plane")]
     pub report_interval: Duration,
 
+    /// PEM certificate chain: serve clients over TLS (`wss://`) on --listen (requires --tls-key).
+    #[arg(
+        long,
+        env = "MYAGENT_TLS_CERT",
+        requires = "tls_key",
+        help_heading = "TLS"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(
+        long,
+        env = "MYAGENT_TLS_KEY",
+        requires = "tls_cert",
+        help_heading = "TLS"
+    )]
+    pub tls_key: Option<PathBuf>,
+
     /// PEM CA used to verify the control plane's TLS certificate (https:// URLs).
     #[arg(long, env = "MYAGENT_CONTROL_PLANE_CA", help_heading = "TLS")]
     pub control_plane_ca: Option<PathBuf>,

@@ -43,6 +43,8 @@ pub struct Bound {
     pub listen_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     listener: TcpListener,
+    /// TLS for client connections (`--tls-cert`/`--tls-key`).
+    client_tls: Option<tokio_rustls::TlsAcceptor>,
     admin: TcpListener,
     shared: Arc<Shared>,
     control: control::ControlClient,
@@ -155,6 +157,10 @@ pub async fn bind(cli: Cli) -> Result<Bound> {
         client_key: cli.control_plane_client_key.clone(),
     }
     .build()?;
+    let client_tls = match (&cli.tls_cert, &cli.tls_key) {
+        (Some(cert), Some(key)) => Some(server::tls_acceptor(cert, key)?),
+        _ => None,
+    };
     let listener = bind_tcp("ws listener", cli.listen).await?;
     let admin = bind_tcp("admin listener", cli.admin_listen).await?;
     let listen_addr = listener.local_addr()?;
@@ -216,6 +222,7 @@ pub async fn bind(cli: Cli) -> Result<Bound> {
         listen_addr,
         admin_addr,
         listener,
+        client_tls,
         admin,
         shared,
         control,
@@ -235,6 +242,7 @@ impl Bound {
     pub async fn run(self, stop: CancellationToken) -> Result<()> {
         let Bound {
             listener,
+            client_tls,
             admin,
             shared,
             control,
@@ -273,6 +281,7 @@ impl Bound {
         let accept_stop = CancellationToken::new();
         let accept = tokio::spawn(server::serve(
             listener,
+            client_tls,
             shared.clone(),
             tracker.clone(),
             accept_stop.clone(),

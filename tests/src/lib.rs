@@ -8,4 +8,5 @@ pub mod control_plane;
 pub mod etcd;
 pub mod gateway;
 pub mod proxy;
+pub mod tls;
 pub mod wait;
