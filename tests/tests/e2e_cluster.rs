@@ -200,9 +200,20 @@ impl Cluster {
         )
         .await;
         assert_eq!(s, 200, "start {name}: {b}");
-        let sync = self.sync_via(gw, &id).await;
-        assert_eq!(sync["in_sync"], true, "{name} not in sync: {sync}");
-        assert_eq!(nodes_of(&sync), nodes, "{sync}");
+        // wait_for_sync returned: every listed proxy routes to the service right now.
+        for p in [&self.p1, &self.p2] {
+            if nodes.contains(&p.node_id.as_str()) {
+                let (_ws, d) = routed(&p.ws_url(&format!("service={name}")), &[]).await;
+                assert_eq!(d["target_service"], name, "{d}");
+            }
+        }
+        // The sync view agrees (eventually: the leader's first health result for the service
+        // is a further change the proxies ACK a moment later).
+        wait::until(&format!("{name} in sync on {nodes:?}"), WAIT, || async {
+            let sync = self.sync_via(gw, &id).await;
+            (sync["in_sync"] == true && nodes_of(&sync) == nodes).then_some(())
+        })
+        .await;
         id
     }
 
