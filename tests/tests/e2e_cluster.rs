@@ -745,3 +745,74 @@ async fn killed_proxy_leaves_the_cluster_view() {
     })
     .await;
 }
+
+/// Scenario 1b: routing on one proxy counts the connections and sessions held on the OTHER
+/// proxy (cluster-wide load through the control plane): least_connections avoids the service
+/// loaded elsewhere, and `max_sessions` is enforced across proxies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_and_capacity_count_the_other_proxys_load() {
+    bounded("cluster-wide load", async {
+        let c = Cluster::start(false).await;
+        let agent_a = echo_agent().spawn().await;
+        let agent_b = echo_agent().spawn().await;
+        c.add_agent("agent-a", agent_a.port(), &["weather"]).await;
+        let id_b = c.add_agent("agent-b", agent_b.port(), &["weather"]).await;
+
+        // Three connections to agent-a on proxy 1. Proxy 2 alone would see a tie (0 vs 0) and
+        // alternate; with the cluster-wide counts every pick is agent-b.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(routed(&c.p1.ws_url("service=agent-a"), &[]).await.0);
+        }
+        let t = Instant::now();
+        let mut streak = 0;
+        while streak < 5 {
+            assert!(
+                t.elapsed() < WAIT,
+                "proxy 2 never picked agent-b 5 times in a row: it ignores proxy 1's load"
+            );
+            let ev = probe(&c.p2.ws_url("tag=weather")).await;
+            assert_eq!(ev["event"], "connection_routed", "{ev}");
+            assert_eq!(ev["data"]["routing_strategy"], "least_connections", "{ev}");
+            streak = if ev["data"]["target_service"] == "agent-b" {
+                streak + 1
+            } else {
+                0
+            };
+        }
+        println!(
+            "[load] 3 connections on proxy-1 steer least_connections on proxy-2 within {}",
+            ms(t.elapsed())
+        );
+
+        // max_sessions = 1 on agent-b; one session on proxy 1 fills it for proxy 2 as well.
+        let (s, b) = json(
+            c.http
+                .put(c.gw_a.api(&format!("/services/{id_b}/config?wait_for_sync={SYNC_SECS}")))
+                .json(&json!({"max_sessions": 1})),
+        )
+        .await;
+        assert_eq!(s, 200, "{b}");
+        // The probes above left idle sessions on agent-b; they count until they complete, so
+        // the service may already be full. Hold one more connection on proxy 1 if it routes.
+        let ev = probe(&c.p1.ws_url("service=agent-b")).await;
+        if ev["event"] == "connection_routed" {
+            held.push(routed(&c.p1.ws_url("service=agent-b"), &[]).await.0);
+        }
+        let t = Instant::now();
+        wait::until("agent-b full as seen from proxy 2", WAIT, || async {
+            let ev = probe(&c.p2.ws_url("service=agent-b")).await;
+            (ev["event"] == "error").then(|| {
+                assert_eq!(ev["data"]["code"], "INSUFFICIENT_RESOURCES", "{ev}");
+            })
+        })
+        .await;
+        println!(
+            "[load] agent-b at max_sessions via proxy-1: proxy-2 answers INSUFFICIENT_RESOURCES within {}",
+            ms(t.elapsed())
+        );
+        route_fails(&c.p2.ws_url("service=agent-b"), "INSUFFICIENT_RESOURCES").await;
+        drop(held);
+    })
+    .await;
+}

@@ -388,3 +388,12 @@ impl PyAgent {
         PyAgent { port, child }
     }
 }
+
+/// Connects, reads the first event, and closes (cleanly, waiting for the close to finish).
+pub async fn probe(url: &str) -> Value {
+    let mut ws = connect_with(url, &[]).await;
+    let ev = next_json(&mut ws).await;
+    let _ = ws.close(None).await;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    ev
+}
