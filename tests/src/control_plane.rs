@@ -46,6 +46,8 @@ pub struct ControlPlaneBuilder {
     store: StoreChoice,
     tokens: Option<String>,
     extra: Vec<String>,
+    /// gRPC listen address; `None` = 127.0.0.1:0.
+    listen: Option<SocketAddr>,
 }
 
 /// A control plane with the embedded store in a fresh temp dir, on 127.0.0.1:0.
@@ -54,6 +56,7 @@ pub fn control_plane() -> ControlPlaneBuilder {
         store: StoreChoice::Embedded(None),
         tokens: None,
         extra: Vec::new(),
+        listen: None,
     }
 }
 
@@ -84,6 +87,13 @@ impl ControlPlaneBuilder {
         self
     }
 
+    /// A fixed gRPC listen address instead of port 0 (to restart a replica where its clients,
+    /// e.g. proxies, already point).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
     /// Any further flag.
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.extra.push(arg.into());
@@ -94,7 +104,8 @@ impl ControlPlaneBuilder {
         let mut a: Vec<String> = vec![
             "myagent-control-plane".into(),
             "--listen".into(),
-            "127.0.0.1:0".into(),
+            self.listen
+                .map_or_else(|| "127.0.0.1:0".to_string(), |a| a.to_string()),
             "--admin-listen".into(),
             "127.0.0.1:0".into(),
             "--data-dir".into(),
@@ -305,6 +316,28 @@ impl ControlPlane {
                     .expect("control plane exits within 30s after SIGTERM")
                     .expect("wait for control plane");
                 assert!(status.success(), "control plane exited with {status}");
+            }
+        }
+    }
+}
+
+impl ControlPlane {
+    /// Kills the control plane without a graceful stop (SIGKILL for the binary, an aborted task
+    /// in-process), like a crashed replica, and waits until it is gone.
+    pub async fn kill(mut self) {
+        match &mut self.runner {
+            Runner::InProcess { token, task } => {
+                token.cancel();
+                if let Some(task) = task.take() {
+                    task.abort();
+                    let _ = task.await;
+                }
+            }
+            Runner::Binary { child, .. } => {
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(30), child.wait())
+                    .await
+                    .expect("control plane exits after SIGKILL");
             }
         }
     }

@@ -252,3 +252,113 @@ async fn follow_delivers_new_lines_within_seconds() {
     println!("follow delivered a new line in {:?}", sent.elapsed());
     fx.shutdown().await;
 }
+
+/// `--log-max-file-bytes` / `--log-max-files`: a service's log rotates at the configured size
+/// and keeps that many files, the oldest deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_follows_the_flags() {
+    const MAX_BYTES: u64 = 2048;
+    let cp = myagent_tests::control_plane::control_plane()
+        .arg("--log-max-file-bytes")
+        .arg("2KiB")
+        .arg("--log-max-files")
+        .arg("3")
+        .spawn()
+        .await;
+    let mut registry = cp.registry().await;
+    let port = agent_port();
+    let id = registry
+        .register_service(pb::RegisterServiceRequest {
+            name: "rotating".into(),
+            agent_factory_path: echo_agent().display().to_string(),
+            host: "127.0.0.1".into(),
+            port: u32::from(port),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .service_id;
+    registry
+        .start_service(pb::StartServiceRequest {
+            service: id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let dir = cp.data_dir.join("logs").join(&id);
+    let files = || {
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(files(), vec!["current.log"], "nothing rotated yet");
+
+    // 200 lines of ~200 bytes each (as stored JSON): ~40 KB, far beyond 3 × 2 KiB.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/"))
+        .await
+        .unwrap();
+    for i in 0..200 {
+        let text = format!("log:rotation-line-{i:04} {}", "x".repeat(40));
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .unwrap();
+        ws.next().await.unwrap().unwrap(); // the echo: the line has been printed
+    }
+    let logs = pb::logs_client::LogsClient::new(cp.channel().await);
+    let kept =
+        myagent_tests::wait::until("the last line captured", Duration::from_secs(10), || {
+            let mut logs = logs.clone();
+            let id = id.clone();
+            async move {
+                let r = logs
+                    .get_logs(pb::GetLogsRequest {
+                        service: id,
+                        limit: 10_000,
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                r.logs
+                    .iter()
+                    .any(|l| l.message.starts_with("rotation-line-0199"))
+                    .then_some(r.logs)
+            }
+        })
+        .await;
+
+    // Exactly `--log-max-files` files: the current one and two rotated; 3.log never exists
+    // because the oldest is deleted when the next rotation would create it.
+    assert_eq!(files(), vec!["1.log", "2.log", "current.log"]);
+    for name in ["1.log", "2.log", "current.log"] {
+        let len = std::fs::metadata(dir.join(name)).unwrap().len();
+        assert!(len <= MAX_BYTES, "{name} is {len} bytes > {MAX_BYTES}");
+        if name != "current.log" {
+            // Rotated when the next line would not fit: full to within one line.
+            assert!(len > MAX_BYTES - 400, "{name} rotated early at {len} bytes");
+        }
+    }
+    // The oldest lines went with the deleted files; the newest are all there, in order.
+    assert!(
+        !kept.iter().any(|l| l.message.starts_with("starting (pid")
+            || l.message.starts_with("rotation-line-0000")),
+        "the oldest lines were deleted"
+    );
+    let numbers: Vec<u32> = kept
+        .iter()
+        .filter_map(|l| l.message.strip_prefix("rotation-line-"))
+        .map(|rest| rest[..4].parse().unwrap())
+        .collect();
+    assert!(
+        numbers.len() >= 20 && numbers.len() < 100,
+        "{}",
+        numbers.len()
+    );
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    assert_eq!(*numbers.last().unwrap(), 199);
+    cp.shutdown().await;
+}

@@ -1,0 +1,212 @@
+//! Restart with a grace period, end to end: the real control plane, a real proxy, a managed
+//! echo agent (examples/agents/echo_agent.py) and a client connected through the proxy.
+//! `restart` with `grace_seconds` and `message` first sends the client a
+//! `management_notification` (seed §2.3: type `maintenance_window`, message, severity,
+//! `countdown_seconds`) while the agent still runs, restarts it once the grace is over, and the
+//! service is running again (a new process) afterwards.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use myagent_proto::v1 as pb;
+use myagent_tests::control_plane::control_plane;
+use myagent_tests::proxy::{send_text, spawn_proxy, Client};
+use myagent_tests::wait;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+const GRACE: u32 = 2;
+const NOTICE: &str = "Planned maintenance: grace-echo restarts in 2 seconds";
+
+/// Connects until the proxy routes (its config arrives asynchronously).
+async fn routed(url: String) -> (Client, Value) {
+    wait::until(
+        &format!("a routed connection to {url}"),
+        Duration::from_secs(15),
+        || {
+            let url = url.clone();
+            async move {
+                let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.ok()?;
+                let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                    .await
+                    .ok()??
+                    .ok()?;
+                let ev: Value = serde_json::from_str(first.to_text().ok()?).ok()?;
+                (ev["event"] == "connection_routed").then(|| (ws, ev["data"].clone()))
+            }
+        },
+    )
+    .await
+}
+
+/// The next JSON text frame whose `event` is `name`; other frames are skipped.
+async fn next_event(ws: &mut Client, name: &str, within: Duration) -> Value {
+    tokio::time::timeout(within, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) => {
+                    if let Ok(v) = serde_json::from_str::<Value>(&t) {
+                        if v["event"] == name {
+                            return v;
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(f))) => panic!("closed before {name}: {f:?}"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => panic!("socket error before {name}: {e}"),
+                None => panic!("socket ended before {name}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {name} event within {within:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_grace_notifies_clients_then_restarts() {
+    let cp = control_plane().spawn().await;
+    let proxy = spawn_proxy(&[cp.grpc_url()], |_| {}).await;
+    let mut registry = cp.registry().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let agent = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/agents/echo_agent.py")
+        .canonicalize()
+        .unwrap();
+    registry
+        .register_service(pb::RegisterServiceRequest {
+            name: "grace-echo".into(),
+            agent_factory_path: agent.display().to_string(),
+            host: "127.0.0.1".into(),
+            port: u32::from(port),
+            config: Some(pb::ServiceConfig {
+                startup_timeout: Some(10.0),
+                // Keep the drain short: the client stays connected through the restart.
+                drain_timeout: Some(1.0),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+    let started = registry
+        .start_service(pb::StartServiceRequest {
+            service: "grace-echo".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    assert_eq!(started.status, "running");
+    let pid_of = |svc: pb::Service| svc.runtime.map(|r| r.pid).unwrap_or_default();
+    let old_pid = pid_of(
+        registry
+            .get_service(pb::GetServiceRequest {
+                service: "grace-echo".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner(),
+    );
+    assert!(old_pid > 0);
+
+    // A client through the proxy, talking to the agent.
+    let (mut ws, routed_data) = routed(proxy.ws_url("service=grace-echo")).await;
+    assert_eq!(routed_data["target_service"], "grace-echo", "{routed_data}");
+    send_text(&mut ws, r#"{"hello":"before"}"#).await;
+    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .unwrap()
+        .unwrap();
+    assert!(echo.to_text().unwrap().contains("before"), "{echo:?}");
+
+    // Restart with a grace period, from another task: the call returns once it has restarted.
+    let asked = Instant::now();
+    let mut restarter = cp.registry().await;
+    let restart = tokio::spawn(async move {
+        let r = restarter
+            .restart_service(pb::RestartServiceRequest {
+                service: "grace-echo".into(),
+                grace_seconds: Some(GRACE),
+                message: NOTICE.into(),
+                wait_for_sync: 0.0,
+            })
+            .await;
+        (r, asked.elapsed())
+    });
+
+    let notice = next_event(&mut ws, "management_notification", Duration::from_secs(5)).await;
+    let notified_after = asked.elapsed();
+    println!(
+        "management_notification after {} ms: {notice}",
+        notified_after.as_millis()
+    );
+    let data = &notice["data"];
+    assert_eq!(data["type"], "maintenance_window", "{notice}");
+    assert_eq!(data["message"], NOTICE, "{notice}");
+    assert_eq!(data["severity"], "warning", "{notice}");
+    assert_eq!(data["countdown_seconds"], u64::from(GRACE), "{notice}");
+    // The notice comes before the restart: the same process still runs.
+    assert!(
+        notified_after < Duration::from_secs(u64::from(GRACE)),
+        "notified after {notified_after:?}, not within the grace period"
+    );
+    let during = registry
+        .get_service(pb::GetServiceRequest {
+            service: "grace-echo".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(during.status, "running", "still serving during the grace");
+    assert_eq!(
+        pid_of(during),
+        old_pid,
+        "not restarted before the grace is over"
+    );
+
+    let (result, took) = tokio::time::timeout(Duration::from_secs(40), restart)
+        .await
+        .expect("restart returns")
+        .unwrap();
+    let done = result.expect("restart succeeds").into_inner();
+    println!(
+        "restart with {GRACE}s grace returned after {:.2}s",
+        took.as_secs_f64()
+    );
+    assert_eq!(done.status, "running", "{done:?}");
+    assert!(
+        took >= Duration::from_secs(u64::from(GRACE)),
+        "the grace was honoured ({took:?})"
+    );
+    let after = registry
+        .get_service(pb::GetServiceRequest {
+            service: "grace-echo".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.status, "running");
+    let new_pid = pid_of(after);
+    assert!(
+        new_pid > 0 && new_pid != old_pid,
+        "a new process: {old_pid} → {new_pid}"
+    );
+
+    // And clients reach the restarted agent through the proxy.
+    let (mut again, _) = routed(proxy.ws_url("service=grace-echo")).await;
+    send_text(&mut again, r#"{"hello":"after"}"#).await;
+    let echo = tokio::time::timeout(Duration::from_secs(5), again.next())
+        .await
+        .expect("echo in time")
+        .unwrap()
+        .unwrap();
+    assert!(echo.to_text().unwrap().contains("after"), "{echo:?}");
+    drop((ws, again));
+    proxy.stop().await;
+    cp.shutdown().await;
+}
