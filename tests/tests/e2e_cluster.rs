@@ -53,6 +53,27 @@ async fn every_routing_path_through_two_proxies_on_two_replicas() {
                 d["connection_id"].as_str()
             );
 
+            // The same through the headers seed §2.1 allows instead of the query.
+            let (_ws, d) = routed(&p.ws_url(""), &[("x-myagent-service", "agent-b")]).await;
+            assert_eq!(
+                (d["target_service"].as_str(), d["routing_strategy"].as_str()),
+                (Some("agent-b"), Some("direct")),
+                "{d}"
+            );
+            let (_ws, d) = routed(
+                &p.ws_url(""),
+                &[
+                    ("x-myagent-tag", "premium"),
+                    ("x-myagent-routing-hint", "random"),
+                ],
+            )
+            .await;
+            assert_eq!(
+                (d["target_service"].as_str(), d["routing_strategy"].as_str()),
+                (Some("agent-vip"), Some("random")),
+                "{d}"
+            );
+
             // 4. tag=TAG, default strategy; only services with the tag.
             let (_ws, d) = routed(&p.ws_url("tag=premium"), &[]).await;
             assert_eq!(d["target_service"], "agent-vip", "{d}");

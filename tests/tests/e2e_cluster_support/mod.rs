@@ -211,8 +211,9 @@ impl Cluster {
                 assert_eq!(d["target_service"], name, "{d}");
             }
         }
-        // The sync view agrees (eventually: the leader's first health result for the service
-        // is a further change the proxies ACK a moment later).
+        // The sync view agrees eventually. It can lag the write by a few ms: a later change to
+        // the service (e.g. the leader's health result) is a newer version still being ACKed,
+        // and a proxy on the other replica is seen through its node record in etcd.
         wait::until(&format!("{name} in sync on {nodes:?}"), WAIT, || async {
             let sync = self.sync_via(gw, &id).await;
             (sync["in_sync"] == true && nodes_of(&sync) == nodes).then_some(())
