@@ -1,5 +1,6 @@
 //! `monitor` used as a person would: run in a real terminal (tmux) against a live stack, read
-//! the screen, make changes, see them appear, press `q`, see the terminal restored.
+//! the screen, make changes, see them appear (a client connecting through the stack's real
+//! proxy to a running managed agent included), press `q`, see the terminal restored.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -156,6 +157,95 @@ fn monitor_shows_services_redraws_on_change_and_quits_on_q() {
         !screen.contains("myagent monitor"),
         "terminal not restored:\n{screen}"
     );
+}
+
+fn echo_agent_path() -> String {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/agents/echo_agent.py")
+        .canonicalize()
+        .expect("examples/agents/echo_agent.py")
+        .display()
+        .to_string()
+}
+
+/// The monitor's CONNS cell (NAME STATUS HEALTH CONNS ...) of `name`.
+fn conns(screen: &str, name: &str) -> Option<String> {
+    row(screen, name).and_then(|cells| cells.get(3).cloned())
+}
+
+#[test]
+fn monitor_shows_a_client_connecting_through_the_proxy() {
+    let stack = cli::up();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+        .to_string();
+    let agent = echo_agent_path();
+    stack
+        .cli(&[
+            "register",
+            "live-agent",
+            &agent,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+        ])
+        .ok();
+    stack.cli(&["start", "live-agent"]).ok();
+
+    let tmux = Tmux::start("live", &monitor_command(&stack, ""));
+    let screen = tmux.wait_for(
+        "live-agent running with no connections",
+        Duration::from_secs(20),
+        |s| {
+            row(s, "live-agent").is_some_and(|c| c[1] == "running")
+                && conns(s, "live-agent").as_deref() == Some("0")
+        },
+    );
+    assert!(screen.contains("CONNS"), "{screen}");
+
+    // A WebSocket client connects through the stack's real proxy to the running agent.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let url = format!("{}?service=live-agent", stack.proxy);
+    let mut ws = rt.block_on(async {
+        let (mut ws, routed) = myagent_tests::proxy::connect_routed(&url).await;
+        assert_eq!(routed["target_service"], "live-agent", "{routed}");
+        myagent_tests::proxy::send_text(&mut ws, "hello").await;
+        let echoed = myagent_tests::proxy::next_json(&mut ws).await;
+        assert_eq!(echoed["original_message"], "hello", "{echoed}");
+        ws
+    });
+    let screen = tmux.wait_for(
+        "the connection on the monitor",
+        Duration::from_secs(15),
+        |s| conns(s, "live-agent").as_deref() == Some("1"),
+    );
+    let cells = row(&screen, "live-agent").expect("row");
+    assert_eq!(cells[1], "running", "{screen}");
+
+    // It disconnects: back to 0.
+    rt.block_on(async {
+        use futures::StreamExt;
+        ws.close(None).await.expect("close");
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        }
+    });
+    tmux.wait_for(
+        "the connection gone from the monitor",
+        Duration::from_secs(15),
+        |s| conns(s, "live-agent").as_deref() == Some("0"),
+    );
+
+    tmux.keys("q");
+    let screen = tmux.wait_for("the monitor to exit", Duration::from_secs(10), |s| {
+        s.contains("monitor-exit=")
+    });
+    assert!(screen.contains("monitor-exit=0"), "{screen}");
 }
 
 #[test]

@@ -5,300 +5,18 @@
 //! Every crossing between the two halves (A+proxy 1, B+proxy 2) goes through etcd, so each
 //! scenario below proves the cluster behaviour, not one process's memory. Measured figures are
 //! printed (`--nocapture`) for the issue note.
+mod e2e_cluster_support;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
-use myagent_tests::agents::{echo_agent, EchoAgent};
-use myagent_tests::control_plane::{control_plane, unique_prefix, ControlPlane};
-use myagent_tests::etcd::Etcd;
-use myagent_tests::gateway::{client, gateway, json, Gateway};
-use myagent_tests::proxy::{
-    connect_with, http_get, next_json, read_until_close, send_text, Client, ProxyProcess,
-};
+use e2e_cluster_support::*;
+use futures::StreamExt;
+use myagent_tests::agents::echo_agent;
+use myagent_tests::control_plane::control_plane;
+use myagent_tests::gateway::json;
+use myagent_tests::proxy::read_until_close;
 use myagent_tests::wait;
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
-
-/// Upper bound of one scenario (each test is bounded in time).
-const TEST_TIMEOUT: Duration = Duration::from_secs(150);
-/// Upper bound of one awaited condition.
-const WAIT: Duration = Duration::from_secs(20);
-/// `?wait_for_sync=` on REST writes, seconds.
-const SYNC_SECS: u32 = 10;
-/// The control plane's node lease TTL (stream::HubConfig::default().node_ttl).
-const NODE_TTL: Duration = Duration::from_secs(10);
-
-// ------------------------------------------------------------------------------ harness
-
-/// A real `myagent-proxy` binary bound to one control-plane replica.
-struct Proxy {
-    node_id: String,
-    control_plane: String,
-    dir: tempfile::TempDir,
-    process: ProxyProcess,
-}
-
-impl Proxy {
-    async fn spawn(node_id: &str, control_plane: &str) -> Proxy {
-        let dir = tempfile::tempdir().expect("proxy data dir");
-        let process = spawn_proxy_process(node_id, control_plane, dir.path()).await;
-        Proxy {
-            node_id: node_id.to_string(),
-            control_plane: control_plane.to_string(),
-            dir,
-            process,
-        }
-    }
-
-    fn ws_url(&self, query: &str) -> String {
-        format!("ws://{}/ws?{query}", self.process.ws_addr)
-    }
-
-    /// `/readyz` of the admin port: (status, body).
-    async fn readyz(&self) -> (u16, Value) {
-        let (status, body) = http_get(self.process.admin_addr, "/readyz").await;
-        let v = serde_json::from_str(&body).unwrap_or(Value::Null);
-        (status, v)
-    }
-
-    /// The config version the proxy holds and whether its control-plane stream is up.
-    async fn state(&self) -> (u64, bool) {
-        let (_, v) = self.readyz().await;
-        (
-            v["config_version"].as_u64().unwrap_or(0),
-            v["control_plane_connected"] == true,
-        )
-    }
-
-    /// SIGKILL, and wait until the process is gone.
-    async fn kill(&mut self) {
-        self.process.child.start_kill().expect("SIGKILL the proxy");
-        let _ = tokio::time::timeout(WAIT, self.process.child.wait())
-            .await
-            .expect("proxy exits after SIGKILL");
-    }
-
-    /// Starts the binary again on the same node id and data dir (its config cache).
-    async fn restart(&mut self) {
-        self.process =
-            spawn_proxy_process(&self.node_id, &self.control_plane, self.dir.path()).await;
-    }
-}
-
-async fn spawn_proxy_process(
-    node_id: &str,
-    control_plane: &str,
-    dir: &std::path::Path,
-) -> ProxyProcess {
-    let dir = dir.display().to_string();
-    ProxyProcess::spawn(&[
-        "--control-plane",
-        control_plane,
-        "--node-id",
-        node_id,
-        "--data-dir",
-        &dir,
-    ])
-    .await
-}
-
-/// The whole cluster of one scenario.
-struct Cluster {
-    etcd: Arc<Etcd>,
-    prefix: String,
-    a: Option<ControlPlane>,
-    b: Option<ControlPlane>,
-    a_addr: SocketAddr,
-    b_addr: SocketAddr,
-    /// REST through replica A / replica B.
-    gw_a: Gateway,
-    gw_b: Gateway,
-    /// On replica A only / on replica B only.
-    p1: Proxy,
-    p2: Proxy,
-    http: reqwest::Client,
-}
-
-impl Cluster {
-    /// Replicas in-process, or the real binaries when a scenario kills and restarts them.
-    async fn start(binary_replicas: bool) -> Cluster {
-        let etcd = Etcd::shared();
-        let prefix = unique_prefix("e2e-cluster");
-        let (a, b) = if binary_replicas {
-            (
-                control_plane().etcd(&etcd, &prefix).spawn_binary().await,
-                control_plane().etcd(&etcd, &prefix).spawn_binary().await,
-            )
-        } else {
-            (
-                control_plane().etcd(&etcd, &prefix).spawn().await,
-                control_plane().etcd(&etcd, &prefix).spawn().await,
-            )
-        };
-        let gw_a = gateway().control_plane(a.grpc_url()).spawn().await;
-        let gw_b = gateway().control_plane(b.grpc_url()).spawn().await;
-        let p1 = Proxy::spawn("proxy-1", &a.grpc_url()).await;
-        let p2 = Proxy::spawn("proxy-2", &b.grpc_url()).await;
-        let c = Cluster {
-            etcd,
-            prefix,
-            a_addr: a.grpc_addr,
-            b_addr: b.grpc_addr,
-            a: Some(a),
-            b: Some(b),
-            gw_a,
-            gw_b,
-            p1,
-            p2,
-            http: client(),
-        };
-        for p in [&c.p1, &c.p2] {
-            wait::until(
-                &format!("{} connected and holding a config", p.node_id),
-                WAIT,
-                || async {
-                    let (v, connected) = p.state().await;
-                    (v > 0 && connected).then_some(())
-                },
-            )
-            .await;
-        }
-        c
-    }
-
-    /// Registers an external service for `agent` through replica A's REST, starts it with
-    /// `?wait_for_sync=`, and checks that both proxies ACKed the change; returns its id.
-    async fn add_agent(&self, name: &str, agent: &EchoAgent, tags: &[&str]) -> String {
-        self.add_agent_via(&self.gw_a, name, agent, tags, &["proxy-1", "proxy-2"])
-            .await
-    }
-
-    /// Like `add_agent` through `gw`, expecting exactly the connected proxies `nodes`.
-    async fn add_agent_via(
-        &self,
-        gw: &Gateway,
-        name: &str,
-        agent: &EchoAgent,
-        tags: &[&str],
-        nodes: &[&str],
-    ) -> String {
-        let (s, b) = json(self.http.post(gw.api("/services")).json(&json!({
-            "name": name,
-            "host": "127.0.0.1",
-            "port": agent.port(),
-            "tags": tags,
-        })))
-        .await;
-        assert_eq!(s, 201, "register {name}: {b}");
-        let id = b["service_id"].as_str().expect("service_id").to_string();
-        let (s, b) = json(
-            self.http
-                .post(gw.api(&format!("/services/{id}/start?wait_for_sync={SYNC_SECS}"))),
-        )
-        .await;
-        assert_eq!(s, 200, "start {name}: {b}");
-        let sync = self.sync_via(gw, &id).await;
-        assert_eq!(sync["in_sync"], true, "{name} not in sync: {sync}");
-        assert_eq!(nodes_of(&sync), nodes, "{sync}");
-        id
-    }
-
-    /// `GET /services/{id}` → its `sync` object (through replica A).
-    async fn sync_of(&self, id: &str) -> Value {
-        self.sync_via(&self.gw_a, id).await
-    }
-
-    async fn sync_via(&self, gw: &Gateway, id: &str) -> Value {
-        let (s, b) = json(self.http.get(gw.api(&format!("/services/{id}")))).await;
-        assert_eq!(s, 200, "{b}");
-        b["sync"].clone()
-    }
-
-    /// `GET /services/{id}` → `stats.active_connections` (cluster-wide).
-    async fn active_connections(&self, gw: &Gateway, id: &str) -> u64 {
-        let (s, b) = json(self.http.get(gw.api(&format!("/services/{id}")))).await;
-        assert_eq!(s, 200, "{b}");
-        b["stats"]["active_connections"]
-            .as_u64()
-            .unwrap_or(u64::MAX)
-    }
-
-    /// Active connections in the cluster-wide view (through `gw`).
-    async fn connections(&self, gw: &Gateway, query: &str) -> Vec<Value> {
-        let (s, b) = json(self.http.get(gw.api(&format!("/connections?{query}")))).await;
-        assert_eq!(s, 200, "{b}");
-        b["connections"].as_array().cloned().unwrap_or_default()
-    }
-}
-
-/// Sorted node ids in a `sync` object.
-fn nodes_of(sync: &Value) -> Vec<String> {
-    let mut v: Vec<String> = sync["proxies"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p["node_id"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// `applied_version` of `node` in a `sync` object.
-fn applied(sync: &Value, node: &str) -> u64 {
-    sync["proxies"]
-        .as_array()
-        .and_then(|a| a.iter().find(|p| p["node_id"] == node))
-        .and_then(|p| p["applied_version"].as_u64())
-        .unwrap_or(0)
-}
-
-/// Connects (with headers) and reads the first event; panics unless it is `connection_routed`.
-async fn routed(url: &str, headers: &[(&str, &str)]) -> (Client, Value) {
-    let mut ws = connect_with(url, headers).await;
-    let ev = next_json(&mut ws).await;
-    assert_eq!(ev["event"], "connection_routed", "{url}: first frame {ev}");
-    (ws, ev["data"].clone())
-}
-
-/// Connects and expects the routing error `code`, then a close 1013 carrying the code.
-async fn route_fails(url: &str, code: &str) {
-    let mut ws = connect_with(url, &[]).await;
-    let (close, reason, events) = read_until_close(&mut ws).await;
-    let err = events
-        .iter()
-        .find(|e| e["event"] == "error")
-        .unwrap_or_else(|| panic!("{url}: no error event before close: {events:?}"));
-    assert_eq!(err["data"]["code"], code, "{err}");
-    assert!(err["data"]["message"]
-        .as_str()
-        .is_some_and(|m| !m.is_empty()));
-    assert!(err["data"]["recoverable"].is_boolean(), "{err}");
-    assert_eq!(close, 1013, "{url}: close code (reason {reason:?})");
-    assert!(reason.contains(code), "close reason {reason:?}");
-}
-
-/// Sends a JSON message and checks the echo (inside the envelope) names `service`.
-async fn echo_via(ws: &mut Client, service: &str, tag: &str) {
-    send_text(ws, &json!({ "probe": tag }).to_string()).await;
-    let v = next_json(ws).await;
-    assert_eq!(v["original_message"]["probe"], tag, "{v}");
-    assert_eq!(v["proxy_metadata"]["target_service"], service, "{v}");
-}
-
-async fn bounded<F: std::future::Future<Output = ()>>(name: &str, f: F) {
-    tokio::time::timeout(TEST_TIMEOUT, f)
-        .await
-        .unwrap_or_else(|_| panic!("scenario {name} did not finish within {TEST_TIMEOUT:?}"));
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
 
 // ------------------------------------------------------------------------------ scenarios
 
@@ -312,9 +30,10 @@ async fn every_routing_path_through_two_proxies_on_two_replicas() {
         let agent_a = echo_agent().spawn().await;
         let agent_b = echo_agent().spawn().await;
         let agent_vip = echo_agent().spawn().await;
-        c.add_agent("agent-a", &agent_a, &["weather"]).await;
-        c.add_agent("agent-b", &agent_b, &["weather"]).await;
-        c.add_agent("agent-vip", &agent_vip, &["premium"]).await;
+        c.add_agent("agent-a", agent_a.port(), &["weather"]).await;
+        c.add_agent("agent-b", agent_b.port(), &["weather"]).await;
+        c.add_agent("agent-vip", agent_vip.port(), &["premium"])
+            .await;
 
         for p in [&c.p1, &c.p2] {
             // 2. service=NAME → direct.
@@ -438,8 +157,8 @@ async fn rule_change_over_rest_reaches_the_proxy_on_the_other_replica() {
         let c = Cluster::start(false).await;
         let agent_a = echo_agent().spawn().await;
         let agent_beta = echo_agent().spawn().await;
-        let id_a = c.add_agent("agent-a", &agent_a, &["weather"]).await;
-        c.add_agent("agent-beta", &agent_beta, &["beta"]).await;
+        let id_a = c.add_agent("agent-a", agent_a.port(), &["weather"]).await;
+        c.add_agent("agent-beta", agent_beta.port(), &["beta"]).await;
         let pid2 = c.p2.process.pid().expect("proxy 2 pid");
         let beta = [("x-cohort", "beta")];
         let (_ws, d) = routed(&c.p2.ws_url(""), &beta).await;
@@ -552,32 +271,59 @@ async fn session_resumes_through_the_other_proxy_right_after_disconnect() {
         let c = Cluster::start(false).await;
         let agent_a = echo_agent().spawn().await;
         let agent_b = echo_agent().spawn().await;
-        c.add_agent("agent-a", &agent_a, &["weather"]).await;
-        c.add_agent("agent-b", &agent_b, &["weather"]).await;
+        c.add_agent("agent-a", agent_a.port(), &["weather"]).await;
+        c.add_agent("agent-b", agent_b.port(), &["weather"]).await;
 
         // Both directions: opened on proxy 1 resumed on proxy 2, and the other way round.
-        for (from, to) in [(&c.p1, &c.p2), (&c.p2, &c.p1)] {
+        // Both directions, after a clean close and after an abrupt drop (TCP gone without a
+        // close frame, right after connection_routed: the session is milliseconds old).
+        let cases = [
+            (&c.p1, &c.p2, false),
+            (&c.p2, &c.p1, false),
+            (&c.p1, &c.p2, true),
+            (&c.p2, &c.p1, true),
+        ];
+        for (from, to, abrupt) in cases {
             let (mut ws, d) = routed(&from.ws_url("tag=weather"), &[]).await;
             let session = d["session_id"].as_str().unwrap().to_string();
             let target = d["target_service"].as_str().unwrap().to_string();
-            echo_via(&mut ws, &target, "before").await;
-            ws.close(None).await.expect("close");
-            while ws.next().await.is_some() {}
+            if abrupt {
+                drop(ws);
+            } else {
+                echo_via(&mut ws, &target, "before").await;
+                ws.close(None).await.expect("close");
+                while ws.next().await.is_some() {}
+            }
             let closed = Instant::now();
             let (mut ws, d) = routed(&to.ws_url(&format!("session_id={session}")), &[]).await;
             let took = closed.elapsed();
             println!(
-                "[resume] session opened on {} resumed on {} {} after its close: routed as {} to {}",
-                from.node_id, to.node_id, ms(took), d["routing_strategy"], d["target_service"]
+                "[resume] session opened on {} resumed on {} {} after its {}: routed as {} to {}",
+                from.node_id,
+                to.node_id,
+                ms(took),
+                if abrupt { "abrupt drop" } else { "clean close" },
+                d["routing_strategy"],
+                d["target_service"]
             );
-            assert_eq!(d["session_id"], session.as_str(), "session not resumed: {d}");
+            assert_eq!(
+                d["session_id"],
+                session.as_str(),
+                "session not resumed: {d}"
+            );
             assert_eq!(d["target_service"], target.as_str(), "{d}");
             assert_eq!(d["routing_strategy"], "session_affinity", "{d}");
             echo_via(&mut ws, &target, "after").await;
-            let agent = if target == "agent-a" { &agent_a } else { &agent_b };
+            let agent = if target == "agent-a" {
+                &agent_a
+            } else {
+                &agent_b
+            };
             let hs = agent.handshakes();
             assert_eq!(
-                hs.last().and_then(|h| h.query_param("session_id")).as_deref(),
+                hs.last()
+                    .and_then(|h| h.query_param("session_id"))
+                    .as_deref(),
                 Some(session.as_str())
             );
         }
@@ -595,8 +341,8 @@ async fn failover_loses_no_client_message() {
         let c = Cluster::start(false).await;
         let agent_a = echo_agent().spawn().await;
         let agent_b = echo_agent().spawn().await;
-        c.add_agent("agent-a", &agent_a, &["weather"]).await;
-        c.add_agent("agent-b", &agent_b, &["weather"]).await;
+        c.add_agent("agent-a", agent_a.port(), &["weather"]).await;
+        c.add_agent("agent-b", agent_b.port(), &["weather"]).await;
 
         for p in [&c.p1, &c.p2] {
             let (ws, d) = routed(&p.ws_url("tag=weather"), &[]).await;
@@ -608,39 +354,8 @@ async fn failover_loses_no_client_message() {
                 (&agent_b, &agent_a, "agent-a")
             };
             let other_before = other.received_texts().len();
-            let (mut sink, mut stream) = ws.split();
-            let reader = tokio::spawn(async move {
-                let mut numbers = Vec::new();
-                let mut events = Vec::new();
-                while (numbers.len() as u64) < N {
-                    let m = tokio::time::timeout(Duration::from_secs(10), stream.next())
-                        .await
-                        .unwrap_or_else(|_| panic!("stalled after {} answers", numbers.len()))
-                        .expect("stream ended")
-                        .expect("websocket error");
-                    let Message::Text(t) = m else { continue };
-                    let v: Value = serde_json::from_str(&t).expect("JSON");
-                    if v.get("event").is_some() {
-                        events.push((Instant::now(), v));
-                    } else {
-                        numbers.push(v["original_message"]["n"].as_u64().expect("numbered"));
-                    }
-                }
-                (numbers, events, stream)
-            });
-            let mut dropped_at = None;
-            for n in 0..N {
-                sink.send(Message::Text(json!({ "n": n }).to_string().into()))
-                    .await
-                    .expect("send");
-                if n == N / 2 {
-                    failing.drop_connections();
-                    dropped_at = Some(Instant::now());
-                }
-                // Pace the stream so the drop lands in the middle of it.
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-            let (numbers, events, _stream) = reader.await.expect("reader");
+            let (numbers, events, dropped_at) =
+                stream_numbers(ws, N, || failing.drop_connections()).await;
             let want: Vec<u64> = (0..N).collect();
             assert_eq!(numbers, want, "every number answered exactly once, in order");
             let switched: Vec<&(Instant, Value)> = events
@@ -664,9 +379,54 @@ async fn failover_loses_no_client_message() {
                 "[failover] via {}: {N} messages, agent drop after #{}: service_switched {} after the drop, {replayed} messages answered by {other_name}, 0 lost, 0 duplicated",
                 p.node_id,
                 N / 2,
-                ms(at.saturating_duration_since(dropped_at.unwrap()))
+                ms(at.saturating_duration_since(dropped_at))
             );
         }
+    })
+    .await;
+}
+
+/// Scenario 4b: the same with real agent processes (the example Python echo agent): the one
+/// serving the stream is SIGKILLed mid-stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_when_a_real_agent_process_is_killed_loses_no_message() {
+    bounded("failover (process killed)", async {
+        const N: u64 = 300;
+        let c = Cluster::start(false).await;
+        let mut py_a = PyAgent::spawn("py-a").await;
+        let mut py_b = PyAgent::spawn("py-b").await;
+        c.add_agent("py-a", py_a.port, &["py"]).await;
+        c.add_agent("py-b", py_b.port, &["py"]).await;
+
+        let (ws, d) = routed(&c.p2.ws_url("tag=py"), &[]).await;
+        let session = d["session_id"].as_str().unwrap().to_string();
+        let first = d["target_service"].as_str().unwrap().to_string();
+        let (victim, other_name) = if first == "py-a" {
+            (&mut py_a, "py-b")
+        } else {
+            (&mut py_b, "py-a")
+        };
+        let (numbers, events, killed_at) = stream_numbers(ws, N, || {
+            victim.child.start_kill().expect("SIGKILL the agent process");
+        })
+        .await;
+        let want: Vec<u64> = (0..N).collect();
+        assert_eq!(numbers, want, "every number answered exactly once, in order");
+        let switched: Vec<&(Instant, Value)> = events
+            .iter()
+            .filter(|(_, e)| e["event"] == "service_switched")
+            .collect();
+        assert_eq!(switched.len(), 1, "events: {events:?}");
+        let (at, sw) = switched[0];
+        assert_eq!(sw["data"]["from_service"], first.as_str(), "{sw}");
+        assert_eq!(sw["data"]["to_service"], other_name, "{sw}");
+        assert_eq!(sw["data"]["session_id"], session.as_str(), "{sw}");
+        assert_eq!(sw["data"]["session_preserved"], true, "{sw}");
+        println!(
+            "[failover] via proxy-2, agent process {first} SIGKILLed after #{}: service_switched {} after the kill, {N} answered, 0 lost, 0 duplicated",
+            N / 2,
+            ms(at.saturating_duration_since(killed_at))
+        );
     })
     .await;
 }
@@ -679,7 +439,7 @@ async fn admin_disconnect_through_the_replica_the_proxy_is_not_on() {
     bounded("admin disconnect", async {
         let c = Cluster::start(false).await;
         let agent_a = echo_agent().spawn().await;
-        c.add_agent("agent-a", &agent_a, &["weather"]).await;
+        c.add_agent("agent-a", agent_a.port(), &["weather"]).await;
 
         // REST to replica B, connection on proxy 1 (replica A), with notify_client.
         let (mut ws, d) = routed(&c.p1.ws_url("service=agent-a"), &[]).await;
@@ -772,8 +532,8 @@ async fn proxies_route_while_the_control_plane_is_down_and_catch_up() {
         let mut c = Cluster::start(true).await;
         let agent_a = echo_agent().spawn().await;
         let agent_b = echo_agent().spawn().await;
-        c.add_agent("agent-a", &agent_a, &["weather"]).await;
-        c.add_agent("agent-b", &agent_b, &["weather"]).await;
+        c.add_agent("agent-a", agent_a.port(), &["weather"]).await;
+        c.add_agent("agent-b", agent_b.port(), &["weather"]).await;
         let (s, b) = json(
             c.http
                 .post(c.gw_a.api(&format!("/routing/rules?wait_for_sync={SYNC_SECS}")))
@@ -862,7 +622,7 @@ async fn proxies_route_while_the_control_plane_is_down_and_catch_up() {
         let agent_d = echo_agent().spawn().await;
         let t = Instant::now();
         let id_d = c
-            .add_agent_via(&c.gw_b, "agent-d", &agent_d, &["weather"], &["proxy-2"])
+            .add_agent_via(&c.gw_b, "agent-d", agent_d.port(), &["weather"], &["proxy-2"])
             .await;
         let sync = c.sync_via(&c.gw_b, &id_d).await;
         let want = sync["config_version"].as_u64().expect("config_version");
@@ -913,7 +673,7 @@ async fn killed_proxy_leaves_the_cluster_view() {
     bounded("killed proxy", async {
         let mut c = Cluster::start(false).await;
         let agent_a = echo_agent().spawn().await;
-        let id_a = c.add_agent("agent-a", &agent_a, &["weather"]).await;
+        let id_a = c.add_agent("agent-a", agent_a.port(), &["weather"]).await;
         let mut on_p1 = Vec::new();
         let mut ids_p1 = Vec::new();
         for _ in 0..3 {
@@ -982,6 +742,77 @@ async fn killed_proxy_leaves_the_cluster_view() {
         })
         .await;
         drop(on_p1);
+    })
+    .await;
+}
+
+/// Scenario 1b: routing on one proxy counts the connections and sessions held on the OTHER
+/// proxy (cluster-wide load through the control plane): least_connections avoids the service
+/// loaded elsewhere, and `max_sessions` is enforced across proxies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_connections_and_capacity_count_the_other_proxys_load() {
+    bounded("cluster-wide load", async {
+        let c = Cluster::start(false).await;
+        let agent_a = echo_agent().spawn().await;
+        let agent_b = echo_agent().spawn().await;
+        c.add_agent("agent-a", agent_a.port(), &["weather"]).await;
+        let id_b = c.add_agent("agent-b", agent_b.port(), &["weather"]).await;
+
+        // Three connections to agent-a on proxy 1. Proxy 2 alone would see a tie (0 vs 0) and
+        // alternate; with the cluster-wide counts every pick is agent-b.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(routed(&c.p1.ws_url("service=agent-a"), &[]).await.0);
+        }
+        let t = Instant::now();
+        let mut streak = 0;
+        while streak < 5 {
+            assert!(
+                t.elapsed() < WAIT,
+                "proxy 2 never picked agent-b 5 times in a row: it ignores proxy 1's load"
+            );
+            let ev = probe(&c.p2.ws_url("tag=weather")).await;
+            assert_eq!(ev["event"], "connection_routed", "{ev}");
+            assert_eq!(ev["data"]["routing_strategy"], "least_connections", "{ev}");
+            streak = if ev["data"]["target_service"] == "agent-b" {
+                streak + 1
+            } else {
+                0
+            };
+        }
+        println!(
+            "[load] 3 connections on proxy-1 steer least_connections on proxy-2 within {}",
+            ms(t.elapsed())
+        );
+
+        // max_sessions = 1 on agent-b; one session on proxy 1 fills it for proxy 2 as well.
+        let (s, b) = json(
+            c.http
+                .put(c.gw_a.api(&format!("/services/{id_b}/config?wait_for_sync={SYNC_SECS}")))
+                .json(&json!({"max_sessions": 1})),
+        )
+        .await;
+        assert_eq!(s, 200, "{b}");
+        // The probes above left idle sessions on agent-b; they count until they complete, so
+        // the service may already be full. Hold one more connection on proxy 1 if it routes.
+        let ev = probe(&c.p1.ws_url("service=agent-b")).await;
+        if ev["event"] == "connection_routed" {
+            held.push(routed(&c.p1.ws_url("service=agent-b"), &[]).await.0);
+        }
+        let t = Instant::now();
+        wait::until("agent-b full as seen from proxy 2", WAIT, || async {
+            let ev = probe(&c.p2.ws_url("service=agent-b")).await;
+            (ev["event"] == "error").then(|| {
+                assert_eq!(ev["data"]["code"], "INSUFFICIENT_RESOURCES", "{ev}");
+            })
+        })
+        .await;
+        println!(
+            "[load] agent-b at max_sessions via proxy-1: proxy-2 answers INSUFFICIENT_RESOURCES within {}",
+            ms(t.elapsed())
+        );
+        route_fails(&c.p2.ws_url("service=agent-b"), "INSUFFICIENT_RESOURCES").await;
+        drop(held);
     })
     .await;
 }

@@ -20,8 +20,9 @@
 //!   proxies' counters gained since the latest sample); 0 when there were none.
 //! - `performance.throughput_per_minute`: client→agent messages in that same last minute.
 //! - `performance.error_rate`: errors / connections, all-time, cluster-wide (the per-service
-//!   `error_rate` summed up); 0 without connections. Errors are what proxies report: upstream
-//!   failures and routing errors.
+//!   `error_rate` summed up); 0 without connections. Errors are what proxies count against a
+//!   service: upstream connect failures, agent connections that end without a normal close
+//!   (once per client connection attached), and client frames the proxy rejects.
 //! - `resources.total_memory_mb` / `total_cpu_percent`: sums over running services of their
 //!   process tree's resident memory and CPU (percent of one core).
 //!

@@ -415,3 +415,51 @@ async fn retention_downsamples_and_prunes() {
             .is_empty());
     }
 }
+
+#[tokio::test]
+async fn replicas_peak_records_count_and_past_days_fold_into_the_summary() {
+    let f = fixture();
+    let ctx = &f.ctx;
+    add_service(ctx, "a", None).await;
+    connection(ctx, "n1", "c1", "a", true).await;
+    // Peaks two replicas derived from their proxies' reports (`stats::peaks`).
+    put(
+        ctx,
+        "stats/peaks/cp1",
+        json!({"replica_id": "cp1", "day": "2024-01-01", "today": 7, "services": {"a": 5}}),
+    )
+    .await;
+    put(
+        ctx,
+        "stats/peaks/cp2",
+        json!({"replica_id": "cp2", "day": "2024-01-02", "today": 3, "services": {"a": 6}}),
+    )
+    .await;
+    let mut s = Sampler::load(ctx).await.unwrap();
+    sample_at(ctx, &mut s, "2024-01-01T10:00:00Z").await;
+    let o = overview(ctx, at("2024-01-01T10:00:01Z")).await.unwrap();
+    assert_eq!((o.connections.active, o.connections.peak_today), (1, 7));
+    assert_eq!(
+        per_service(ctx, &["a"]).await.unwrap()["a"].peak_connections,
+        6
+    );
+
+    // The next day's first sample folds yesterday's record into the summary and deletes it.
+    sample_at(ctx, &mut s, "2024-01-02T00:00:00Z").await;
+    assert!(ctx.store.get("stats/peaks/cp1").await.unwrap().is_none());
+    assert!(ctx.store.get("stats/peaks/cp2").await.unwrap().is_some());
+    let summary = json::get::<Summary>(&ctx.store, SUMMARY_KEY)
+        .await
+        .unwrap()
+        .unwrap()
+        .0;
+    assert_eq!((summary.peaks["a"], summary.peak_today), (6, 3));
+    let o = overview(ctx, at("2024-01-02T00:00:01Z")).await.unwrap();
+    assert_eq!(o.connections.peak_today, 3);
+    // With no record left, the summary still holds the all-time peak.
+    ctx.store.delete("stats/peaks/cp2").await.unwrap();
+    assert_eq!(
+        per_service(ctx, &["a"]).await.unwrap()["a"].peak_connections,
+        6
+    );
+}

@@ -29,7 +29,9 @@ pub struct Figures {
     pub completed_sessions: u64,
     /// Mean duration (seconds, creation to completion) of the completed sessions.
     pub avg_session_duration: f64,
-    /// Errors the proxies reported for the service (upstream failures, routing errors).
+    /// Errors the proxies reported for the service: upstream connect failures, agent
+    /// connections that ended without a normal close (once per attached client connection),
+    /// client frames the proxy rejected.
     pub error_count: u64,
     /// `error_count / total_connections` (0 without connections).
     pub error_rate: f64,
