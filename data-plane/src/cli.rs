@@ -152,6 +152,17 @@ pub struct Cli {
     #[arg(long, env = "MYAGENT_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration, help_heading = "Limits")]
     pub drain_timeout: Duration,
 
+    /// Event-loop threads serving client connections: each a single-threaded runtime accepting
+    /// on the shared listener, its connections and their upstreams staying on it (like nginx
+    /// workers; no cross-thread wake-ups on the relay path). 0 = one per CPU.
+    #[arg(
+        long,
+        env = "MYAGENT_WORKER_THREADS",
+        default_value_t = 0,
+        help_heading = "Limits"
+    )]
+    pub worker_threads: usize,
+
     /// Grace period for open connections at shutdown before they are cut.
     #[arg(long, env = "MYAGENT_SHUTDOWN_GRACE", default_value = "5s", value_parser = parse_duration, help_heading = "Limits")]
     pub shutdown_grace: Duration,

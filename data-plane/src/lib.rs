@@ -45,6 +45,8 @@ pub struct Bound {
     listener: TcpListener,
     /// TLS for client connections (`--tls-cert`/`--tls-key`).
     client_tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Event-loop threads for client connections (resolved: at least 1).
+    worker_threads: usize,
     admin: TcpListener,
     shared: Arc<Shared>,
     control: control::ControlClient,
@@ -223,6 +225,10 @@ pub async fn bind(cli: Cli) -> Result<Bound> {
         admin_addr,
         listener,
         client_tls,
+        worker_threads: match cli.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        },
         admin,
         shared,
         control,
@@ -243,6 +249,7 @@ impl Bound {
         let Bound {
             listener,
             client_tls,
+            worker_threads,
             admin,
             shared,
             control,
@@ -279,18 +286,25 @@ impl Bound {
             })
         };
         let accept_stop = CancellationToken::new();
-        let accept = tokio::spawn(server::serve(
+        let workers = server::spawn_workers(
+            worker_threads,
             listener,
             client_tls,
             shared.clone(),
             tracker.clone(),
             accept_stop.clone(),
-        ));
+        );
+        let workers = match workers {
+            Ok(w) => w,
+            Err(e) => {
+                background.cancel();
+                return Err(e);
+            }
+        };
 
         stop.cancelled().await;
         tracing::info!("shutting down: no new connections");
         accept_stop.cancel();
-        let _ = accept.await;
         shutdown.cancel(); // every connection sends 1001 and finishes its close handshake
         tracker.close();
         if tokio::time::timeout(shared.settings.shutdown_grace, tracker.wait())
@@ -299,6 +313,7 @@ impl Bound {
         {
             tracing::warn!("shutdown grace period over; dropping remaining connections");
         }
+        workers.finish().await;
         background.cancel();
         let _ = control_task.await;
         let _ = admin_task.await;

@@ -71,6 +71,67 @@ pub async fn serve(
     }
 }
 
+/// The event-loop threads of the client listener (see `--worker-threads`).
+pub struct Workers {
+    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Ends the threads' runtimes (and any connection still open on them).
+    done: CancellationToken,
+}
+
+/// Starts `n` threads, each a single-threaded runtime accepting on `listener` until `stop`,
+/// then driving its connections until they are all finished (tracked by `tracker`) or
+/// [`Workers::finish`] is called.
+pub fn spawn_workers(
+    n: usize,
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+) -> Result<Workers> {
+    let std_listener = listener.into_std()?;
+    let done = CancellationToken::new();
+    let mut threads = Vec::with_capacity(n);
+    for i in 0..n {
+        let listener = std_listener.try_clone()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tls, shared, tracker) = (tls.clone(), shared.clone(), tracker.clone());
+        let (stop, done) = (stop.clone(), done.clone());
+        let thread = std::thread::Builder::new()
+            .name(format!("myagent-ws-{i}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => serve(l, tls, shared, tracker.clone(), stop).await,
+                        Err(e) => tracing::error!(error = %e, "worker cannot use the listener"),
+                    }
+                    tokio::select! {
+                        _ = tracker.wait() => {}
+                        _ = done.cancelled() => {}
+                    }
+                });
+            })?;
+        threads.push(thread);
+    }
+    Ok(Workers { threads, done })
+}
+
+impl Workers {
+    /// Ends every worker (open connections are dropped) and waits for the threads.
+    pub async fn finish(self) {
+        self.done.cancel();
+        let threads = self.threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
 /// How long a client may take to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -322,7 +322,7 @@ async fn scenario(cp: &ControlPlane) {
         .overview_until("the crash counted and every session completed", |o| {
             u(&o["sessions"]["completed_today"]) == SESSIONS
                 && u(&o["services"]["error"]) == 1
-                && f(&o["performance"]["error_rate"]) > 0.0
+                && f(&o["performance"]["error_rate"]) == CRASHED as f64 / TOTAL as f64
                 && u(&o["connections"]["active"]) == 0
         })
         .await;
@@ -431,9 +431,11 @@ async fn scenario(cp: &ControlPlane) {
             conns.contains(&(CRASHED as f64)) && conns.last() == Some(&0.0),
             "connections of {scope:?}: {conns:?}"
         );
+        // (The burst is normally never sampled as open; if proxy 2's report tick fell inside
+        // it, a sample may have seen it, never more than the peak.)
         assert!(
-            conns.iter().all(|c| *c <= CRASHED as f64),
-            "the burst was never sampled as open: {conns:?}"
+            conns.iter().all(|c| *c <= (1 + B) as f64),
+            "never above the peak: {conns:?}"
         );
         let rt = stack.series("response_time_ms", "1m", scope).await;
         assert!(

@@ -30,6 +30,12 @@ pub struct Accepted {
     pub connection_id: String,
 }
 
+/// Bytes read per socket read. tungstenite zero-fills this much of its read buffer before every
+/// read (two per message: the data, then the read that finds the socket empty), so a small
+/// buffer is cheaper per message; 4 KiB plus a frame header still takes a 4 KiB message in one
+/// read.
+const READ_BUFFER_BYTES: usize = 4096 + 64;
+
 pub fn ws_config(shared: &Shared) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_frame_size(Some(shared.settings.max_frame_bytes))
@@ -39,7 +45,7 @@ pub fn ws_config(shared: &Shared) -> WebSocketConfig {
                 .max_message_bytes
                 .max(shared.settings.max_frame_bytes),
         ))
-        .read_buffer_size(16 * 1024)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(16 * 1024)
 }
 
