@@ -67,6 +67,16 @@ impl Proxy {
         )
     }
 
+    /// `myagent_proxy_connections_active` from the admin `/metrics`.
+    pub async fn active_connections(&self) -> u64 {
+        let (_, m) = http_get(self.process.admin_addr, "/metrics").await;
+        m.lines()
+            .find(|l| l.starts_with("myagent_proxy_connections_active "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(u64::MAX, |v| v as u64)
+    }
+
     /// SIGKILL, and wait until the process is gone.
     pub async fn kill(&mut self) {
         self.process.child.start_kill().expect("SIGKILL the proxy");
