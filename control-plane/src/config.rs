@@ -141,6 +141,17 @@ pub struct Cli {
     )]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// PEM CA bundle that verifies other replicas' certificates when this replica forwards a
+    /// call to the leader over https (default: --tls-client-ca, else the --tls-cert chain).
+    /// Needs --tls-cert, whose identity is presented to the leader.
+    #[arg(
+        long,
+        env = "MYAGENT_TLS_PEER_CA",
+        requires = "tls_cert",
+        help_heading = "Security"
+    )]
+    pub tls_peer_ca: Option<PathBuf>,
+
     /// Time between the leader's statistics samples: the finest time-series resolution and the
     /// shortest `interval` a time-series query accepts (e.g. 10s, 1s, 500ms).
     #[arg(long, env = "MYAGENT_STATS_INTERVAL", default_value = "10s", value_parser = parse_duration, help_heading = "Statistics")]
@@ -185,6 +196,8 @@ pub struct TlsSettings {
     pub cert: Vec<u8>,
     pub key: Vec<u8>,
     pub client_ca: Option<Vec<u8>>,
+    /// Trust roots for other replicas (`--tls-peer-ca`).
+    pub peer_ca: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for TlsSettings {
@@ -261,6 +274,11 @@ impl Cli {
                     .tls_client_ca
                     .as_ref()
                     .map(|ca| read_pem("--tls-client-ca", ca))
+                    .transpose()?,
+                peer_ca: self
+                    .tls_peer_ca
+                    .as_ref()
+                    .map(|ca| read_pem("--tls-peer-ca", ca))
                     .transpose()?,
             }),
             _ => None,

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use myagent_tests::agents::echo_agent;
 use myagent_tests::control_plane::control_plane;
 use myagent_tests::gateway::json;
-use myagent_tests::proxy::read_until_close;
+use myagent_tests::proxy::{next_json, read_until_close};
 use myagent_tests::wait;
 use serde_json::{json, Value};
 
@@ -51,6 +51,27 @@ async fn every_routing_path_through_two_proxies_on_two_replicas() {
             assert_eq!(
                 last.header("x-myagent-connection-id"),
                 d["connection_id"].as_str()
+            );
+
+            // The same through the headers seed §2.1 allows instead of the query.
+            let (_ws, d) = routed(&p.ws_url(""), &[("x-myagent-service", "agent-b")]).await;
+            assert_eq!(
+                (d["target_service"].as_str(), d["routing_strategy"].as_str()),
+                (Some("agent-b"), Some("direct")),
+                "{d}"
+            );
+            let (_ws, d) = routed(
+                &p.ws_url(""),
+                &[
+                    ("x-myagent-tag", "premium"),
+                    ("x-myagent-routing-hint", "random"),
+                ],
+            )
+            .await;
+            assert_eq!(
+                (d["target_service"].as_str(), d["routing_strategy"].as_str()),
+                (Some("agent-vip"), Some("random")),
+                "{d}"
             );
 
             // 4. tag=TAG, default strategy; only services with the tag.
@@ -457,6 +478,28 @@ async fn admin_disconnect_through_the_replica_the_proxy_is_not_on() {
             "[disconnect] connection on proxy-1 listed by replica B after {}",
             ms(t.elapsed())
         );
+
+        // A notification sent through replica B reaches the service's clients on both proxies.
+        let (mut other, _) = routed(&c.p2.ws_url("service=agent-a"), &[]).await;
+        let (s, b) = json(c.http.post(c.gw_b.api("/notifications")).json(&json!({
+            "service_id": "agent-a",
+            "type": "maintenance_window",
+            "message": "Restart at 03:00",
+            "severity": "warning",
+            "countdown_seconds": 60
+        })))
+        .await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["delivered"], 2, "one client on each proxy: {b}");
+        for client in [&mut ws, &mut other] {
+            let ev = next_json(client).await;
+            assert_eq!(ev["event"], "management_notification", "{ev}");
+            assert_eq!(ev["data"]["type"], "maintenance_window", "{ev}");
+            assert_eq!(ev["data"]["message"], "Restart at 03:00", "{ev}");
+            assert_eq!(ev["data"]["severity"], "warning", "{ev}");
+            assert_eq!(ev["data"]["countdown_seconds"], 60, "{ev}");
+        }
+        drop(other);
         let t = Instant::now();
         let (s, b) = json(
             c.http
@@ -813,6 +856,47 @@ async fn least_connections_and_capacity_count_the_other_proxys_load() {
         );
         route_fails(&c.p2.ws_url("service=agent-b"), "INSUFFICIENT_RESOURCES").await;
         drop(held);
+    })
+    .await;
+}
+
+/// A client that vanishes (TCP closed without a close frame) is a client gone, not a protocol
+/// error: the proxy closes the upstream with 1001 and drops the connection at once — it does
+/// not linger as active (cluster-wide counts, notification deliveries) for the close grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vanished_client_leaves_at_once() {
+    bounded("vanished client", async {
+        let c = Cluster::start(false).await;
+        let agent_a = echo_agent().spawn().await;
+        let id_a = c.add_agent("agent-a", agent_a.port(), &["weather"]).await;
+        wait::until("no connection left on proxy 1", WAIT, || async {
+            (c.p1.active_connections().await == 0).then_some(())
+        })
+        .await;
+        let (mut ws, _) = routed(&c.p1.ws_url("service=agent-a"), &[]).await;
+        echo_via(&mut ws, "agent-a", "hello").await;
+        assert_eq!(c.p1.active_connections().await, 1);
+        drop(ws);
+        let t = Instant::now();
+        while c.p1.active_connections().await != 0 {
+            assert!(
+                t.elapsed() < Duration::from_millis(1500),
+                "a vanished client still counts as active after {:?}",
+                t.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let gone = t.elapsed();
+        assert_eq!(agent_a.closes().last(), Some(&Some(1001)), "upstream closed with 1001");
+        wait::until("the cluster count back to 0", WAIT, || async {
+            (c.active_connections(&c.gw_a, &id_a).await == 0).then_some(())
+        })
+        .await;
+        println!(
+            "[vanished client] TCP dropped without a close frame: off proxy-1 after {}, cluster count 0 after {}",
+            ms(gone),
+            ms(t.elapsed())
+        );
     })
     .await;
 }

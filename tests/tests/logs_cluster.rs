@@ -306,3 +306,115 @@ async fn the_follower_answers_logs_search_and_follow_from_the_leader() {
     let (_, survivor) = replicas.pop().unwrap();
     survivor.shutdown().await;
 }
+
+/// Replicas serving TLS: the follower forwards to the leader's `https` URL, verifying it with
+/// `--tls-peer-ca`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_works_between_tls_replicas() {
+    use tonic::transport::{Certificate, ClientTlsConfig};
+    let certs = tempfile::tempdir().unwrap();
+    myagent_tests::tls::make_certs(certs.path());
+    let pem = |name: &str| certs.path().join(name).display().to_string();
+    let etcd = Etcd::start();
+    let prefix = unique_prefix("logs-cluster-tls");
+    let replica = |id: &str| {
+        control_plane()
+            .etcd(&etcd, &prefix)
+            .arg("--replica-id")
+            .arg(id)
+            .arg("--tls-cert")
+            .arg(pem("server.pem"))
+            .arg("--tls-key")
+            .arg(pem("server.key"))
+            .arg("--tls-peer-ca")
+            .arg(pem("ca.pem"))
+    };
+    let replicas = [
+        ("cp-a", replica("cp-a").spawn_binary().await),
+        ("cp-b", replica("cp-b").spawn_binary().await),
+    ];
+    let store = build_store(&StoreConfig::Etcd {
+        endpoints: vec![etcd.endpoint()],
+        prefix: prefix.clone(),
+        request_timeout: Duration::from_secs(2),
+    })
+    .await
+    .expect("etcd store");
+    let record = myagent_tests::wait::until("a leader", Duration::from_secs(20), || async {
+        myagent_control_plane::election::current_leader_record(&store)
+            .await
+            .ok()
+            .flatten()
+    })
+    .await;
+    assert!(record.url.starts_with("https://"), "{record:?}");
+    let (_, follower) = replicas
+        .iter()
+        .find(|(id, _)| *id != record.replica_id)
+        .unwrap();
+    let channel = Channel::from_shared(format!("https://{}", follower.grpc_addr))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(
+                    std::fs::read(certs.path().join("ca.pem")).unwrap(),
+                ))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .expect("TLS connection to the follower");
+    let mut registry = pb::service_registry_client::ServiceRegistryClient::new(channel.clone());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let agent = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/agents/echo_agent.py");
+    registry
+        .register_service(pb::RegisterServiceRequest {
+            name: "tls-talker".into(),
+            agent_factory_path: agent.canonicalize().unwrap().display().to_string(),
+            host: "127.0.0.1".into(),
+            port: u32::from(port),
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+    registry
+        .start_service(pb::StartServiceRequest {
+            service: "tls-talker".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("start");
+    let logs = Logs::new(channel);
+    myagent_tests::wait::until(
+        "the agent's lines through the TLS follower",
+        Duration::from_secs(15),
+        || {
+            let mut logs = logs.clone();
+            async move {
+                let r = logs
+                    .get_logs(pb::GetLogsRequest {
+                        service: "tls-talker".into(),
+                        limit: 1000,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|s| println!("not yet: {s:?}"))
+                    .ok()?
+                    .into_inner();
+                r.logs
+                    .iter()
+                    .any(|l| l.message.contains("listening on ws://"))
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    for (_, cp) in replicas {
+        cp.shutdown().await;
+    }
+}

@@ -117,13 +117,17 @@ impl LeaderForward {
         Ok(c)
     }
 
-    /// Replicas share one deployment's TLS setup: trust the client CA (mTLS deployments sign
-    /// every replica's certificate with it), else this replica's own certificate chain, and
-    /// present this replica's identity for mTLS.
+    /// Replicas share one deployment's TLS setup: trust `--tls-peer-ca`, else the client CA
+    /// (mTLS deployments sign every replica's certificate with it), else this replica's own
+    /// certificate chain; present this replica's identity for mTLS.
     fn client_tls(&self) -> ClientTlsConfig {
         let mut tls = ClientTlsConfig::new();
         if let Some(own) = &self.tls {
-            let ca = own.client_ca.as_ref().unwrap_or(&own.cert);
+            let ca = own
+                .peer_ca
+                .as_ref()
+                .or(own.client_ca.as_ref())
+                .unwrap_or(&own.cert);
             tls = tls
                 .ca_certificate(Certificate::from_pem(ca))
                 .identity(Identity::from_pem(&own.cert, &own.key));

@@ -185,10 +185,25 @@ async fn unsampled_tail(ctx: &Context, counters: &[(String, String, Counters)]) 
 }
 
 fn tail_row(state: &SamplerState, counters: &[(String, String, Counters)]) -> Row {
+    // Saturating, not `Counters::since`: a sample taken between reading the counters and the
+    // state leaves the state ahead of the counters, which is no reset (nothing to add).
     let mut d = Counters::default();
     for (key, _, cur) in counters {
         let prev = state.counters.get(key).copied().unwrap_or_default();
-        d.add(&cur.since(&prev));
+        d.add(&Counters {
+            messages_in: cur.messages_in.saturating_sub(prev.messages_in),
+            messages_out: cur.messages_out.saturating_sub(prev.messages_out),
+            errors: cur.errors.saturating_sub(prev.errors),
+            response_time_count: cur
+                .response_time_count
+                .saturating_sub(prev.response_time_count),
+            response_time_sum_ms: if cur.response_time_count > prev.response_time_count {
+                (cur.response_time_sum_ms - prev.response_time_sum_ms).max(0.0)
+            } else {
+                0.0
+            },
+            ..Counters::default()
+        });
     }
     Row {
         t: state.last_sample_ms,
@@ -262,6 +277,13 @@ mod tests {
         assert_eq!(
             (p.throughput_per_minute, p.avg_response_time_ms),
             (4.0, 8.0)
+        );
+        // The state read after a newer sample than the counters: nothing to add.
+        let behind = vec![("a/r1".to_string(), "a".to_string(), c(9, 10, 9, 45.0))];
+        let t = tail_row(&state, &behind);
+        assert_eq!(
+            (t.messages_in, t.messages, t.rt_count, t.rt_sum_ms),
+            (0, 0, 0, 0.0)
         );
     }
 

@@ -538,8 +538,16 @@ where
     }
 
     fn on_client_error(&mut self, e: WsError) {
-        use tokio_tungstenite::tungstenite::error::CapacityError;
+        use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
         let (code, text, what) = match &e {
+            // The TCP connection ended without a close frame: the client went away (a crash, a
+            // lost network, a dropped socket). Not a protocol violation: nothing can be sent to
+            // it, no error is counted, and the connection must not linger in Closing waiting
+            // for a client that is gone.
+            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+                self.client_lost(&e);
+                return;
+            }
             WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => (
                 1009,
                 "message too big",
@@ -557,11 +565,7 @@ where
                 format!("WebSocket protocol error: {p}"),
             ),
             _ => {
-                tracing::debug!(connection_id = %self.acc.connection_id, error = %e, "client connection lost");
-                self.client_done = true;
-                if !self.is_closing() {
-                    self.begin_close(None, Some(close_msg(1001, "client went away")));
-                }
+                self.client_lost(&e);
                 return;
             }
         };
@@ -578,6 +582,15 @@ where
             Some(close_msg(code, text)),
             Some(close_msg(1001, "client disconnected")),
         );
+    }
+
+    /// The client's connection is gone: close the upstream politely and finish.
+    fn client_lost(&mut self, e: &WsError) {
+        tracing::debug!(connection_id = %self.acc.connection_id, error = %e, "client connection lost");
+        self.client_done = true;
+        if !self.is_closing() {
+            self.begin_close(None, Some(close_msg(1001, "client went away")));
+        }
     }
 
     fn on_up_msg(&mut self, m: Message) {

@@ -67,6 +67,16 @@ impl Proxy {
         )
     }
 
+    /// `myagent_proxy_connections_active` from the admin `/metrics`.
+    pub async fn active_connections(&self) -> u64 {
+        let (_, m) = http_get(self.process.admin_addr, "/metrics").await;
+        m.lines()
+            .find(|l| l.starts_with("myagent_proxy_connections_active "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .map_or(u64::MAX, |v| v as u64)
+    }
+
     /// SIGKILL, and wait until the process is gone.
     pub async fn kill(&mut self) {
         self.process.child.start_kill().expect("SIGKILL the proxy");
@@ -201,8 +211,9 @@ impl Cluster {
                 assert_eq!(d["target_service"], name, "{d}");
             }
         }
-        // The sync view agrees (eventually: the leader's first health result for the service
-        // is a further change the proxies ACK a moment later).
+        // The sync view agrees eventually. It can lag the write by a few ms: a later change to
+        // the service (e.g. the leader's health result) is a newer version still being ACKed,
+        // and a proxy on the other replica is seen through its node record in etcd.
         wait::until(&format!("{name} in sync on {nodes:?}"), WAIT, || async {
             let sync = self.sync_via(gw, &id).await;
             (sync["in_sync"] == true && nodes_of(&sync) == nodes).then_some(())
