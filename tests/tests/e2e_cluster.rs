@@ -352,6 +352,34 @@ async fn session_resumes_through_the_other_proxy_right_after_disconnect() {
     .await;
 }
 
+/// Every one of the `n` streamed numbers answered exactly once and in order, after exactly one
+/// `service_switched` from `from` to `to` keeping `session`; returns when the switch arrived.
+fn assert_one_lossless_switch(
+    n: u64,
+    numbers: &[u64],
+    events: &[(Instant, Value)],
+    from: &str,
+    to: &str,
+    session: &str,
+) -> Instant {
+    let want: Vec<u64> = (0..n).collect();
+    assert_eq!(
+        numbers, want,
+        "every number answered exactly once, in order"
+    );
+    let switched: Vec<&(Instant, Value)> = events
+        .iter()
+        .filter(|(_, e)| e["event"] == "service_switched")
+        .collect();
+    assert_eq!(switched.len(), 1, "events: {events:?}");
+    let (at, sw) = switched[0];
+    assert_eq!(sw["data"]["from_service"], from, "{sw}");
+    assert_eq!(sw["data"]["to_service"], to, "{sw}");
+    assert_eq!(sw["data"]["session_id"], session, "{sw}");
+    assert_eq!(sw["data"]["session_preserved"], true, "{sw}");
+    *at
+}
+
 /// Scenario 4: a client streams numbered messages while its agent's connections drop; every
 /// number is answered exactly once and in order, after one `service_switched` that keeps the
 /// session.
@@ -377,18 +405,7 @@ async fn failover_loses_no_client_message() {
             let other_before = other.received_texts().len();
             let (numbers, events, dropped_at) =
                 stream_numbers(ws, N, || failing.drop_connections()).await;
-            let want: Vec<u64> = (0..N).collect();
-            assert_eq!(numbers, want, "every number answered exactly once, in order");
-            let switched: Vec<&(Instant, Value)> = events
-                .iter()
-                .filter(|(_, e)| e["event"] == "service_switched")
-                .collect();
-            assert_eq!(switched.len(), 1, "events: {events:?}");
-            let (at, sw) = switched[0];
-            assert_eq!(sw["data"]["from_service"], first.as_str(), "{sw}");
-            assert_eq!(sw["data"]["to_service"], other_name, "{sw}");
-            assert_eq!(sw["data"]["session_preserved"], true, "{sw}");
-            assert_eq!(sw["data"]["session_id"], session.as_str(), "{sw}");
+            let at = assert_one_lossless_switch(N, &numbers, &events, &first, other_name, &session);
             let hs = other.handshakes();
             assert_eq!(
                 hs.last().and_then(|h| h.header("x-myagent-session-id")),
@@ -431,18 +448,7 @@ async fn failover_when_a_real_agent_process_is_killed_loses_no_message() {
             victim.child.start_kill().expect("SIGKILL the agent process");
         })
         .await;
-        let want: Vec<u64> = (0..N).collect();
-        assert_eq!(numbers, want, "every number answered exactly once, in order");
-        let switched: Vec<&(Instant, Value)> = events
-            .iter()
-            .filter(|(_, e)| e["event"] == "service_switched")
-            .collect();
-        assert_eq!(switched.len(), 1, "events: {events:?}");
-        let (at, sw) = switched[0];
-        assert_eq!(sw["data"]["from_service"], first.as_str(), "{sw}");
-        assert_eq!(sw["data"]["to_service"], other_name, "{sw}");
-        assert_eq!(sw["data"]["session_id"], session.as_str(), "{sw}");
-        assert_eq!(sw["data"]["session_preserved"], true, "{sw}");
+        let at = assert_one_lossless_switch(N, &numbers, &events, &first, other_name, &session);
         println!(
             "[failover] via proxy-2, agent process {first} SIGKILLed after #{}: service_switched {} after the kill, {N} answered, 0 lost, 0 duplicated",
             N / 2,
