@@ -584,6 +584,28 @@ pub async fn connect_routed(url: &str) -> (Client, Value) {
     (ws, ev["data"].clone())
 }
 
+/// Connects until the proxy routes (its config arrives asynchronously); returns the client and
+/// the `connection_routed` data.
+pub async fn routed_eventually(url: String) -> (Client, Value) {
+    crate::wait::until(
+        &format!("a routed connection to {url}"),
+        Duration::from_secs(15),
+        || {
+            let url = url.clone();
+            async move {
+                let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.ok()?;
+                let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                    .await
+                    .ok()??
+                    .ok()?;
+                let ev: Value = serde_json::from_str(first.to_text().ok()?).ok()?;
+                (ev["event"] == "connection_routed").then(|| (ws, ev["data"].clone()))
+            }
+        },
+    )
+    .await
+}
+
 /// Sends a text frame.
 pub async fn send_text(ws: &mut Client, text: &str) {
     ws.send(Message::Text(text.into())).await.expect("send");

@@ -4,13 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use myagent_proto::v1 as pb;
 use myagent_tests::agents::{echo_agent, EchoAgent};
 use myagent_tests::control_plane::{control_plane, ControlPlane};
-use myagent_tests::proxy::{next_json, read_until_close, send_text, spawn_proxy, Client};
+use myagent_tests::proxy::{
+    next_json, read_until_close, routed_eventually, send_text, spawn_proxy,
+};
 use myagent_tests::wait;
-use serde_json::Value;
 
 /// Registers an external service for `agent` and admits it to routing.
 async fn add_agent(cp: &ControlPlane, name: &str, agent: &EchoAgent, tags: &[&str]) -> String {
@@ -38,28 +38,6 @@ async fn add_agent(cp: &ControlPlane, name: &str, agent: &EchoAgent, tags: &[&st
     created.service_id
 }
 
-/// Connects until the proxy routes (its config arrives asynchronously); returns the client and
-/// the `connection_routed` data.
-async fn routed(url: String) -> (Client, Value) {
-    wait::until(
-        &format!("a routed connection to {url}"),
-        Duration::from_secs(15),
-        || {
-            let url = url.clone();
-            async move {
-                let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.ok()?;
-                let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
-                    .await
-                    .ok()??
-                    .ok()?;
-                let ev: Value = serde_json::from_str(first.to_text().ok()?).ok()?;
-                (ev["event"] == "connection_routed").then(|| (ws, ev["data"].clone()))
-            }
-        },
-    )
-    .await
-}
-
 #[tokio::test]
 async fn route_envelope_resume_disconnect_and_failover_through_real_proxies() {
     let cp = control_plane().spawn().await;
@@ -72,7 +50,7 @@ async fn route_envelope_resume_disconnect_and_failover_through_real_proxies() {
 
     // Direct routing through proxy 1, with the seed §2.2 envelope around the client's JSON.
     let t0 = Instant::now();
-    let (mut ws, data) = routed(p1.ws_url("service=agent-a")).await;
+    let (mut ws, data) = routed_eventually(p1.ws_url("service=agent-a")).await;
     println!("config reached the proxy and routed in {:?}", t0.elapsed());
     assert_eq!(data["target_service"], "agent-a", "{data}");
     assert_eq!(data["routing_strategy"], "direct", "{data}");
@@ -135,7 +113,7 @@ async fn route_envelope_resume_disconnect_and_failover_through_real_proxies() {
     );
 
     // The session resumes through the OTHER proxy, on the same service.
-    let (mut ws2, data) = routed(p2.ws_url(&format!("session_id={session}"))).await;
+    let (mut ws2, data) = routed_eventually(p2.ws_url(&format!("session_id={session}"))).await;
     assert_eq!(data["session_id"], session.as_str(), "{data}");
     assert_eq!(data["target_service"], "agent-a", "{data}");
     assert_eq!(data["routing_strategy"], "session_affinity", "{data}");
@@ -176,14 +154,14 @@ async fn immediate_resume_through_the_other_proxy_keeps_the_session() {
     add_agent(&cp, "agent-a", &agent_a, &["weather"]).await;
     add_agent(&cp, "agent-b", &agent_b, &["weather"]).await;
     // Both proxies route before the measured part starts.
-    routed(p2.ws_url("tag=weather")).await;
+    routed_eventually(p2.ws_url("tag=weather")).await;
     for round in 0..5 {
-        let (mut ws, data) = routed(p1.ws_url("tag=weather")).await;
+        let (mut ws, data) = routed_eventually(p1.ws_url("tag=weather")).await;
         let session = data["session_id"].as_str().expect("session_id").to_string();
         let service = data["target_service"].clone();
         ws.close(None).await.expect("close");
         let t0 = Instant::now();
-        let (_ws2, data2) = routed(p2.ws_url(&format!("session_id={session}"))).await;
+        let (_ws2, data2) = routed_eventually(p2.ws_url(&format!("session_id={session}"))).await;
         println!(
             "round {round}: resumed through proxy 2 in {:?}",
             t0.elapsed()

@@ -10,34 +10,12 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use myagent_proto::v1 as pb;
 use myagent_tests::control_plane::control_plane;
-use myagent_tests::proxy::{send_text, spawn_proxy, Client};
-use myagent_tests::wait;
+use myagent_tests::proxy::{routed_eventually, send_text, spawn_proxy, Client};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 
 const GRACE: u32 = 2;
 const NOTICE: &str = "Planned maintenance: grace-echo restarts in 2 seconds";
-
-/// Connects until the proxy routes (its config arrives asynchronously).
-async fn routed(url: String) -> (Client, Value) {
-    wait::until(
-        &format!("a routed connection to {url}"),
-        Duration::from_secs(15),
-        || {
-            let url = url.clone();
-            async move {
-                let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.ok()?;
-                let first = tokio::time::timeout(Duration::from_secs(5), ws.next())
-                    .await
-                    .ok()??
-                    .ok()?;
-                let ev: Value = serde_json::from_str(first.to_text().ok()?).ok()?;
-                (ev["event"] == "connection_routed").then(|| (ws, ev["data"].clone()))
-            }
-        },
-    )
-    .await
-}
 
 /// The next JSON text frame whose `event` is `name`; other frames are skipped.
 async fn next_event(ws: &mut Client, name: &str, within: Duration) -> Value {
@@ -114,7 +92,7 @@ async fn restart_with_grace_notifies_clients_then_restarts() {
     assert!(old_pid > 0);
 
     // A client through the proxy, talking to the agent.
-    let (mut ws, routed_data) = routed(proxy.ws_url("service=grace-echo")).await;
+    let (mut ws, routed_data) = routed_eventually(proxy.ws_url("service=grace-echo")).await;
     assert_eq!(routed_data["target_service"], "grace-echo", "{routed_data}");
     send_text(&mut ws, r#"{"hello":"before"}"#).await;
     let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
@@ -198,7 +176,7 @@ async fn restart_with_grace_notifies_clients_then_restarts() {
     );
 
     // And clients reach the restarted agent through the proxy.
-    let (mut again, _) = routed(proxy.ws_url("service=grace-echo")).await;
+    let (mut again, _) = routed_eventually(proxy.ws_url("service=grace-echo")).await;
     send_text(&mut again, r#"{"hello":"after"}"#).await;
     let echo = tokio::time::timeout(Duration::from_secs(5), again.next())
         .await
