@@ -71,9 +71,13 @@ pub async fn serve(
     }
 }
 
-/// The event-loop threads of the client listener (see `--worker-threads`).
+/// The event-loop threads of the client listener (see `--worker-threads`). Dropped without
+/// [`Workers::finish`] (the proxy's future dropped mid-run), it still stops accepting and ends
+/// the threads.
 pub struct Workers {
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Stops accepting.
+    stop: CancellationToken,
     /// Ends the threads' runtimes (and any connection still open on them).
     done: CancellationToken,
 }
@@ -115,20 +119,31 @@ pub fn spawn_workers(
             })?;
         threads.push(thread);
     }
-    Ok(Workers { threads, done })
+    Ok(Workers {
+        threads,
+        stop,
+        done,
+    })
 }
 
 impl Workers {
     /// Ends every worker (open connections are dropped) and waits for the threads.
-    pub async fn finish(self) {
+    pub async fn finish(mut self) {
         self.done.cancel();
-        let threads = self.threads;
+        let threads = std::mem::take(&mut self.threads);
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {
                 let _ = t.join();
             }
         })
         .await;
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        self.done.cancel();
     }
 }
 

@@ -222,3 +222,50 @@ async fn real_binary_prints_addresses_and_serves_health() {
     assert_eq!(code, 400);
     assert_eq!(http_get(p.admin_addr, "/healthz").await.0, 200);
 }
+
+/// Client connections run on the proxy's own event-loop threads; a proxy whose future is
+/// dropped mid-run (its runtime gone) still closes its listener and its connections.
+#[test]
+fn a_dropped_proxy_stops_accepting_and_closes_its_connections() {
+    let outer = tokio::runtime::Runtime::new().unwrap();
+    let (agent, cp) = outer.block_on(async {
+        let agent = echo_agent().spawn().await;
+        let cp = FakeControlPlane::spawn().await;
+        (agent, cp)
+    });
+    let inner = tokio::runtime::Runtime::new().unwrap();
+    let (proxy_addr, mut ws) = {
+        let proxy = inner.block_on(spawn_proxy(&[cp.url()], |_| {}));
+        cp.push(full(
+            1,
+            vec![service("s1", "a", agent.addr, &["t"])],
+            vec![],
+        ));
+        inner.block_on(proxy.wait_version(1));
+        let ws_url = proxy.ws_url("tag=t");
+        let (ws, _) = outer.block_on(connect_routed(&ws_url));
+        let addr = proxy.ws_addr;
+        std::mem::forget(proxy); // no graceful stop: only the runtime goes away
+        (addr, ws)
+    };
+    drop(inner);
+    outer.block_on(async {
+        let end = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "the client connection outlived the proxy");
+        let refused = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::net::TcpStream::connect(proxy_addr),
+        )
+        .await
+        .expect("connect attempt finished");
+        assert!(refused.is_err(), "the listener outlived the proxy");
+    });
+}
