@@ -73,7 +73,9 @@ async fn resolve_session(
         &[]
     };
     for pause in std::iter::once(&0).chain(retries) {
-        tokio::time::sleep(Duration::from_millis(*pause)).await;
+        if *pause > 0 {
+            tokio::time::sleep(Duration::from_millis(*pause)).await;
+        }
         let channel = shared
             .control_channel
             .read()
