@@ -374,6 +374,30 @@ pub fn error_code(status: &tonic::Status) -> (String, String) {
     (info.reason, field)
 }
 
+/// A client of the store the replicas under `prefix` share, for reading their records.
+pub async fn etcd_store(etcd: &Etcd, prefix: &str) -> myagent_control_plane::store::StoreRef {
+    myagent_control_plane::store::build_store(&myagent_control_plane::store::StoreConfig::Etcd {
+        endpoints: vec![etcd.endpoint()],
+        prefix: prefix.to_string(),
+        request_timeout: Duration::from_secs(2),
+    })
+    .await
+    .expect("etcd store")
+}
+
+/// Waits (bounded) until a replica leads; returns its leader record.
+pub async fn wait_leader(
+    store: &myagent_control_plane::store::StoreRef,
+) -> myagent_control_plane::election::LeaderRecord {
+    crate::wait::until("a leader", Duration::from_secs(20), || async {
+        myagent_control_plane::election::current_leader_record(store)
+            .await
+            .ok()
+            .flatten()
+    })
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

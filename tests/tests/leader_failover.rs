@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 
 use myagent_control_plane::keys;
 use myagent_control_plane::model::{Runtime, ServiceStatus};
-use myagent_control_plane::store::{build_store, json, StoreConfig, StoreRef};
+use myagent_control_plane::store::{json, StoreRef};
 use myagent_control_plane::supervisor::orphans;
 use myagent_proto::v1 as pb;
-use myagent_tests::control_plane::{control_plane, unique_prefix, ControlPlane};
+use myagent_tests::control_plane::{
+    control_plane, etcd_store, unique_prefix, wait_leader, ControlPlane,
+};
 use myagent_tests::etcd::Etcd;
 
 fn alive(pid: i32) -> bool {
@@ -58,20 +60,8 @@ impl Cluster {
             ("cp-a".to_string(), replica("cp-a").spawn_binary().await),
             ("cp-b".to_string(), replica("cp-b").spawn_binary().await),
         ];
-        let store = build_store(&StoreConfig::Etcd {
-            endpoints: vec![etcd.endpoint()],
-            prefix: prefix.clone(),
-            request_timeout: Duration::from_secs(2),
-        })
-        .await
-        .expect("etcd store");
-        let leader = myagent_tests::wait::until("a leader", Duration::from_secs(20), || async {
-            myagent_control_plane::election::current_leader(&store)
-                .await
-                .ok()
-                .flatten()
-        })
-        .await;
+        let store = etcd_store(&etcd, &prefix).await;
+        let leader = wait_leader(&store).await.replica_id;
 
         // Register and start through the replica that does NOT lead: intent goes through the
         // store.

@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use myagent_control_plane::store::{build_store, StoreConfig};
 use myagent_proto::v1 as pb;
-use myagent_tests::control_plane::{control_plane, error_code, unique_prefix, with_token};
+use myagent_tests::control_plane::{
+    control_plane, error_code, etcd_store, unique_prefix, wait_leader, with_token,
+};
 use myagent_tests::etcd::Etcd;
 use tonic::transport::Channel;
 
@@ -52,20 +53,8 @@ async fn the_follower_answers_logs_search_and_follow_from_the_leader() {
         ("cp-a".to_string(), replica("cp-a").spawn_binary().await),
         ("cp-b".to_string(), replica("cp-b").spawn_binary().await),
     ];
-    let store = build_store(&StoreConfig::Etcd {
-        endpoints: vec![etcd.endpoint()],
-        prefix: prefix.clone(),
-        request_timeout: Duration::from_secs(2),
-    })
-    .await
-    .expect("etcd store");
-    let record = myagent_tests::wait::until("a leader", Duration::from_secs(20), || async {
-        myagent_control_plane::election::current_leader_record(&store)
-            .await
-            .ok()
-            .flatten()
-    })
-    .await;
+    let store = etcd_store(&etcd, &prefix).await;
+    let record = wait_leader(&store).await;
     let leader_idx = replicas
         .iter()
         .position(|(id, _)| *id == record.replica_id)
@@ -333,20 +322,8 @@ async fn forwarding_works_between_tls_replicas() {
         ("cp-a", replica("cp-a").spawn_binary().await),
         ("cp-b", replica("cp-b").spawn_binary().await),
     ];
-    let store = build_store(&StoreConfig::Etcd {
-        endpoints: vec![etcd.endpoint()],
-        prefix: prefix.clone(),
-        request_timeout: Duration::from_secs(2),
-    })
-    .await
-    .expect("etcd store");
-    let record = myagent_tests::wait::until("a leader", Duration::from_secs(20), || async {
-        myagent_control_plane::election::current_leader_record(&store)
-            .await
-            .ok()
-            .flatten()
-    })
-    .await;
+    let store = etcd_store(&etcd, &prefix).await;
+    let record = wait_leader(&store).await;
     assert!(record.url.starts_with("https://"), "{record:?}");
     let (_, follower) = replicas
         .iter()
