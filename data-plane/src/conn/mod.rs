@@ -229,7 +229,11 @@ where
     let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
     shared.register(stats.clone(), cmd_tx);
     shared.load.connection_opened(&svc.id, new_session);
-    shared.sessions.bind(&session_id, &svc.id);
+    // Only a new or moved binding is written: re-writing the one just read could undo a removal
+    // the control plane applied meanwhile (the session completed).
+    if bound.as_deref() != Some(svc.id.as_str()) {
+        shared.sessions.bind(&session_id, &svc.id);
+    }
     shared.push_connection_event(
         pb::connection_event::Kind::Opened,
         stats.to_proto(&shared.settings.node_id, "active"),
