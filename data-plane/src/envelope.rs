@@ -50,8 +50,9 @@ impl Envelope {
     }
 
     /// Wraps one client text message. JSON goes in as-is; anything else as a JSON string.
-    pub fn wrap(&mut self, text: &str) -> Bytes {
-        let raw = serde_json::from_str::<&RawValue>(text).ok();
+    pub fn wrap(&mut self, text: impl AsRef<[u8]>) -> Bytes {
+        let text = text.as_ref();
+        let raw = serde_json::from_slice::<&RawValue>(text).ok();
         let extra = match raw {
             Some(r) => r.get().len(),
             // Worst case escaping is 6 bytes per byte; reserve generously, grow if needed.
@@ -64,7 +65,8 @@ impl Envelope {
         self.buf.put_slice(&self.mid);
         match raw {
             Some(r) => self.buf.put_slice(r.get().as_bytes()),
-            None => write_json_string(&mut self.buf, text),
+            // Text frames are valid UTF-8 (checked on receipt).
+            None => write_json_string(&mut self.buf, &String::from_utf8_lossy(text)),
         }
         self.buf.put_u8(b'}');
         // `split` hands out the written bytes; once the frame is written and dropped, the next
@@ -164,7 +166,7 @@ mod tests {
     fn many_messages_stay_well_formed() {
         let mut e = Envelope::new("c", "s", "direct", "x");
         let held: Vec<Bytes> = (0..1000)
-            .map(|i| e.wrap(&format!("{{\"i\":{i}}}")))
+            .map(|i| e.wrap(format!("{{\"i\":{i}}}")))
             .collect();
         for (i, b) in held.iter().enumerate() {
             assert_eq!(parse(b)["original_message"]["i"], i);

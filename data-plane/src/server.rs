@@ -16,14 +16,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::conn::ws::{Role, WsStream};
 use crate::conn::{self, Accepted};
 use crate::error::{Error, Result};
 use crate::routing::RouteRequest;
@@ -432,22 +431,24 @@ fn handle_request(
             }
         };
         shared.metrics.connections_total.inc();
-        let ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(conn::ws_config(&shared)),
-        )
-        .await;
-        conn::handle(
-            shared.clone(),
-            ws,
-            Accepted {
-                req: route_req,
-                client_ip,
-                connection_id,
-            },
-        )
-        .await;
+        let acc = Accepted {
+            req: route_req,
+            client_ip,
+            connection_id,
+        };
+        let limits = conn::limits(&shared);
+        // A plain TCP client is relayed on the socket itself, not through hyper's boxed I/O.
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let ws =
+                    WsStream::new(parts.io.into_inner(), Role::Server, limits, &parts.read_buf);
+                conn::handle(shared.clone(), ws, acc).await;
+            }
+            Err(upgraded) => {
+                let ws = WsStream::new(TokioIo::new(upgraded), Role::Server, limits, &[]);
+                conn::handle(shared.clone(), ws, acc).await;
+            }
+        }
     });
     let mut resp = Response::new(Body::empty());
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

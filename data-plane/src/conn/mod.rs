@@ -3,24 +3,21 @@
 
 mod relay;
 pub mod upstream;
+pub mod ws;
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::SinkExt;
 use myagent_proto::v1 as pb;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::events;
 use crate::routing::{Decision, RouteError, RouteRequest};
 use crate::state::{ConnStats, RouteInfo, Shared};
 use upstream::{Forwarded, Upstream};
+use ws::{Limits, Message, WsStream};
 
 /// What the listener hands over after a successful upgrade.
 #[derive(Debug, Clone)]
@@ -30,23 +27,12 @@ pub struct Accepted {
     pub connection_id: String,
 }
 
-/// Bytes read per socket read. tungstenite zero-fills this much of its read buffer before every
-/// read (two per message: the data, then the read that finds the socket empty), so a small
-/// buffer is cheaper per message; 4 KiB plus a frame header still takes a 4 KiB message in one
-/// read.
-const READ_BUFFER_BYTES: usize = 4096 + 64;
-
-pub fn ws_config(shared: &Shared) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .max_frame_size(Some(shared.settings.max_frame_bytes))
-        .max_message_size(Some(
-            shared
-                .settings
-                .max_message_bytes
-                .max(shared.settings.max_frame_bytes),
-        ))
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(16 * 1024)
+/// The frame limits of both ends of a relayed connection.
+pub fn limits(shared: &Shared) -> Limits {
+    Limits {
+        max_frame: shared.settings.max_frame_bytes,
+        max_message: shared.settings.max_message_bytes,
+    }
 }
 
 /// Pauses before asking the control plane again about a session it does not know (yet).
@@ -138,7 +124,7 @@ pub(crate) async fn route_and_connect(
         match upstream::connect(
             &decision.service,
             &fwd,
-            ws_config(shared),
+            limits(shared),
             shared.settings.connect_timeout,
         )
         .await
@@ -166,15 +152,8 @@ pub(crate) async fn route_and_connect(
     ))
 }
 
-fn close_frame(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    }))
-}
-
 /// Serves one upgraded client connection to the end.
-pub async fn handle<C>(shared: Arc<Shared>, mut client: WebSocketStream<C>, acc: Accepted)
+pub async fn handle<C>(shared: Arc<Shared>, mut client: WsStream<C>, acc: Accepted)
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -202,14 +181,10 @@ where
             tracing::info!(connection_id = %acc.connection_id, code = e.code(), message = e.message(), "routing failed");
             let recoverable = matches!(e, RouteError::InsufficientResources(_));
             let ev = events::error(e.code(), e.message(), recoverable);
-            let _ = client.feed(Message::Text(ev.into())).await;
-            let _ = client.send(close_frame(1013, e.code())).await;
+            let _ = client.start_send(Message::text(ev));
+            let _ = client.send(Message::close(1013, e.code())).await;
             // Let the close handshake finish (bounded) so the client sees the frame.
-            let _ = tokio::time::timeout(
-                Duration::from_secs(2),
-                futures::StreamExt::collect::<Vec<_>>(&mut client),
-            )
-            .await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), client.finish()).await;
             return;
         }
     };

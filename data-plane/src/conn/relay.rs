@@ -12,19 +12,16 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{Sink, Stream};
+use futures::Stream;
 use myagent_proto::v1 as pb;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior, Sleep};
 use tokio_stream::wrappers::WatchStream;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::upstream::Upstream;
+use super::ws::{CloseFrame, Message, WsError, WsStream};
 use super::{route_and_connect, Accepted};
 use crate::envelope::Envelope;
 use crate::events;
@@ -77,7 +74,7 @@ enum Ev {
 pub struct Relay<C> {
     shared: Arc<Shared>,
     stats: Arc<ConnStats>,
-    client: WebSocketStream<C>,
+    client: WsStream<C>,
     up: Option<Upstream>,
     service: Arc<Service>,
     strategy: &'static str,
@@ -140,16 +137,13 @@ fn push_bounded(
 }
 
 fn close_msg(code: u16, reason: &str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    }))
+    Message::close(code, reason)
 }
 
 /// A close frame received from a peer, made safe to send on (reserved codes cannot be sent).
 fn relayable(frame: Option<CloseFrame>) -> Message {
     match frame {
-        Some(f) => match u16::from(f.code) {
+        Some(f) => match f.code {
             1005 | 1006 | 1015 => Message::Close(None),
             _ => Message::Close(Some(f)),
         },
@@ -165,7 +159,7 @@ where
     pub fn new(
         shared: Arc<Shared>,
         stats: Arc<ConnStats>,
-        client: WebSocketStream<C>,
+        client: WsStream<C>,
         up: Upstream,
         decision: Decision,
         session_id: String,
@@ -184,7 +178,7 @@ where
         let config = WatchStream::from_changes(shared.config.clone());
         let shutdown = Box::pin(shared.shutdown.clone().cancelled_owned());
         let mut to_client = VecDeque::with_capacity(4);
-        to_client.push_back(Message::Text(routed_event.try_into().unwrap_or_default()));
+        to_client.push_back(Message::Text(routed_event));
         let mut r = Relay {
             stats,
             client,
@@ -293,7 +287,7 @@ where
                 if self.up_ctrl.is_none() && (!relay || self.to_up.is_empty()) {
                     break;
                 }
-                match Pin::new(&mut *up).poll_ready(cx) {
+                match up.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Ev::UpError(e)),
                     Poll::Pending => break,
@@ -306,9 +300,7 @@ where
                         };
                         self.to_up_bytes -= data_len(&m);
                         let out = match (&m, self.envelope.as_mut()) {
-                            (Message::Text(t), Some(env)) => {
-                                Message::Text(env.wrap(t.as_str()).try_into().unwrap_or_default())
-                            }
+                            (Message::Text(t), Some(env)) => Message::Text(env.wrap(t)),
                             _ => m.clone(),
                         };
                         if matches!(m, Message::Text(_) | Message::Binary(_)) {
@@ -324,7 +316,7 @@ where
                         out
                     }
                 };
-                if let Err(e) = Pin::new(&mut *up).start_send(msg) {
+                if let Err(e) = up.start_send(msg) {
                     return Poll::Ready(Ev::UpError(e));
                 }
                 self.flush_up = true;
@@ -334,7 +326,7 @@ where
         // Writes towards the client.
         if !self.client_done {
             while !self.to_client.is_empty() {
-                match Pin::new(&mut self.client).poll_ready(cx) {
+                match self.client.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Ev::ClientError(e)),
                     Poll::Pending => break,
@@ -342,7 +334,7 @@ where
                 let Some(m) = self.to_client.pop_front() else {
                     break;
                 };
-                if let Err(e) = Pin::new(&mut self.client).start_send(m) {
+                if let Err(e) = self.client.start_send(m) {
                     return Poll::Ready(Ev::ClientError(e));
                 }
                 self.flush_client = true;
@@ -365,7 +357,7 @@ where
         // Nothing more to read right now: push out what was written.
         if self.flush_up {
             if let Some(up) = self.up.as_mut() {
-                match Pin::new(up).poll_flush(cx) {
+                match up.poll_flush(cx) {
                     Poll::Ready(Ok(())) => self.flush_up = false,
                     Poll::Ready(Err(e)) => return Poll::Ready(Ev::UpError(e)),
                     Poll::Pending => {}
@@ -375,7 +367,7 @@ where
             }
         }
         if self.flush_client && !self.client_done {
-            match Pin::new(&mut self.client).poll_flush(cx) {
+            match self.client.poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.flush_client = false,
                 Poll::Ready(Err(e)) => return Poll::Ready(Ev::ClientError(e)),
                 Poll::Pending => {}
@@ -395,7 +387,7 @@ where
         if relaying && !self.to_up.is_empty() {
             return Poll::Pending;
         }
-        match Pin::new(&mut self.client).poll_next(cx) {
+        match self.client.poll_next(cx) {
             Poll::Ready(Some(Ok(m))) => Poll::Ready(Ev::ClientMsg(m)),
             Poll::Ready(Some(Err(e))) => Poll::Ready(Ev::ClientError(e)),
             Poll::Ready(None) => Poll::Ready(Ev::ClientEnd),
@@ -410,7 +402,7 @@ where
         let Some(up) = self.up.as_mut() else {
             return Poll::Pending;
         };
-        match Pin::new(up).poll_next(cx) {
+        match up.poll_next(cx) {
             Poll::Ready(Some(Ok(m))) => Poll::Ready(Ev::UpMsg(m)),
             Poll::Ready(Some(Err(e))) => Poll::Ready(Ev::UpError(e)),
             Poll::Ready(None) => Poll::Ready(Ev::UpEnd),
@@ -514,7 +506,6 @@ where
                 self.client_closed = true;
                 self.begin_close(None, Some(relayable(frame)));
             }
-            Message::Frame(_) => {}
         }
     }
 
@@ -538,36 +529,22 @@ where
     }
 
     fn on_client_error(&mut self, e: WsError) {
-        use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
-        let (code, text, what) = match &e {
+        let (code, text) = match &e {
             // The TCP connection ended without a close frame: the client went away (a crash, a
             // lost network, a dropped socket). Not a protocol violation: nothing can be sent to
             // it, no error is counted, and the connection must not linger in Closing waiting
             // for a client that is gone.
-            WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            WsError::Reset | WsError::Io(_) => {
                 self.client_lost(&e);
                 return;
             }
-            WsError::Capacity(CapacityError::MessageTooLong { size, max_size }) => (
-                1009,
-                "message too big",
-                format!("Message of {size} bytes exceeds the limit of {max_size} bytes"),
-            ),
-            WsError::Capacity(c) => (1009, "message too big", c.to_string()),
-            WsError::Utf8(_) => (
-                1007,
-                "invalid UTF-8",
-                "Text frame is not valid UTF-8".to_string(),
-            ),
-            WsError::Protocol(p) => (
-                1002,
-                "protocol error",
-                format!("WebSocket protocol error: {p}"),
-            ),
-            _ => {
-                self.client_lost(&e);
-                return;
-            }
+            WsError::TooLong { .. } => (1009, "message too big"),
+            WsError::Utf8 => (1007, "invalid UTF-8"),
+            WsError::Protocol(_) => (1002, "protocol error"),
+        };
+        let what = match &e {
+            WsError::Protocol(p) => format!("WebSocket protocol error: {p}"),
+            other => other.to_string(),
         };
         tracing::info!(connection_id = %self.acc.connection_id, close_code = code, error = %what, "closing misbehaving client");
         if self.is_closing() {
@@ -626,7 +603,6 @@ where
                 }
             }
             Message::Close(frame) => self.on_up_end(frame, false),
-            Message::Frame(_) => {}
         }
     }
 
@@ -644,7 +620,7 @@ where
             Phase::Switching { .. } => {}
             Phase::Relay => {
                 self.up_done = true;
-                let normal = !errored && frame.as_ref().is_none_or(|f| f.code == CloseCode::Normal);
+                let normal = !errored && frame.as_ref().is_none_or(|f| f.code == 1000);
                 if normal {
                     // The agent ended the conversation: relay its close to the client.
                     self.begin_close(Some(relayable(frame)), None);
@@ -653,7 +629,7 @@ where
                     tracing::info!(
                         connection_id = %self.acc.connection_id,
                         service = %self.service.name,
-                        close = ?frame.as_ref().map(|f| u16::from(f.code)),
+                        close = ?frame.as_ref().map(|f| f.code),
                         "upstream ended unexpectedly; failing over"
                     );
                     self.start_switch("upstream_closed", frame);
@@ -666,8 +642,7 @@ where
         match c {
             ConnCommand::Notify(ev) => {
                 if !self.is_closing() {
-                    self.to_client
-                        .push_back(Message::Text(ev.try_into().unwrap_or_default()));
+                    self.to_client.push_back(Message::Text(ev));
                 }
             }
             ConnCommand::Disconnect { reason, notify } => {
@@ -883,9 +858,7 @@ where
                 self.to_client
                     .push_back(Message::Text(events::error(e.code(), &msg, true).into()));
                 let close = match last_close {
-                    Some(f) if !matches!(u16::from(f.code), 1005 | 1006 | 1015) => {
-                        Message::Close(Some(f))
-                    }
+                    Some(f) if !matches!(f.code, 1005 | 1006 | 1015) => Message::Close(Some(f)),
                     _ if reason == "upstream_closed" => close_msg(1011, "upstream connection lost"),
                     _ => close_msg(1001, reason),
                 };
