@@ -12,6 +12,7 @@ pub mod control;
 pub mod envelope;
 pub mod error;
 pub mod events;
+pub mod handshake;
 pub mod load;
 pub mod metrics;
 pub mod routing;

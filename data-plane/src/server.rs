@@ -2,21 +2,18 @@
 //! query → 400, connection limit → 503, anything that is not a WebSocket upgrade → 400), then
 //! one task per connection.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use bytes::BytesMut;
+use http::{header, HeaderMap, Method, StatusCode};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use serde_json::json;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::conn::ws::{Role, WsStream};
 use crate::conn::{self, Accepted};
 use crate::error::{Error, Result};
+use crate::handshake::{self, Head, HeadError, Reject};
 use crate::routing::RouteRequest;
 use crate::state::Shared;
 use crate::strategy::Strategy;
@@ -52,15 +50,14 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
-        let t2 = tracker.clone();
         let tls = tls.clone();
         tracker.spawn(async move {
             match tls {
-                None => serve_http(tcp, peer, shared, t2).await,
+                None => serve_client(tcp, peer, shared).await,
                 Some(acceptor) => {
                     let handshake = acceptor.accept(tcp);
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-                        Ok(Ok(stream)) => serve_http(stream, peer, shared, t2).await,
+                        Ok(Ok(stream)) => serve_client(stream, peer, shared).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }
@@ -149,24 +146,66 @@ impl Drop for Workers {
 /// How long a client may take to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// HTTP/1.1 on one accepted stream, upgrading to WebSocket at `/ws`.
-async fn serve_http<S>(io: S, peer: SocketAddr, shared: Arc<Shared>, tracker: TaskTracker)
+/// How long a client may take to send its request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One accepted client stream: its request head, the checks, then the relay. The `101` is
+/// written once the connection is routed, together with its first frame.
+async fn serve_client<S>(mut io: S, peer: SocketAddr, shared: Arc<Shared>)
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| {
-        let shared = shared.clone();
-        let t3 = tracker.clone();
-        async move { Ok::<_, Infallible>(handle_request(req, peer, shared, t3)) }
-    });
-    let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades();
-    if let Err(e) = conn.await {
-        tracing::debug!(peer = %peer, error = %e, "http connection error");
+    let mut buf = BytesMut::with_capacity(1024);
+    let head =
+        match tokio::time::timeout(HEAD_TIMEOUT, handshake::read_head(&mut io, &mut buf)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(HeadError::Bad(status, msg))) => {
+                let r = Reject::new(status, "INVALID_REQUEST", msg);
+                handshake::reject(&mut io, &r).await;
+                return;
+            }
+            Ok(Err(HeadError::Gone)) => return,
+            Err(_) => {
+                tracing::debug!(%peer, "no request head in time");
+                return;
+            }
+        };
+    let (req, accept) = match check_upgrade(&head, peer, &shared) {
+        Ok(x) => x,
+        Err(r) => {
+            handshake::reject(&mut io, &r).await;
+            return;
+        }
+    };
+    // Reserve a slot; the guard releases it when the connection ends.
+    let prev = shared.active.fetch_add(1, Ordering::AcqRel);
+    let _guard = ActiveGuard(shared.clone());
+    if prev >= shared.settings.max_connections {
+        shared
+            .metrics
+            .connections_rejected
+            .with_label_values(&["max_connections"])
+            .inc();
+        let r = Reject::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "INSUFFICIENT_RESOURCES",
+            format!(
+                "Proxy is at its connection limit ({})",
+                shared.settings.max_connections
+            ),
+        );
+        handshake::reject(&mut io, &r).await;
+        return;
     }
+    shared.metrics.connections_total.inc();
+    let mut ws = WsStream::new(io, Role::Server, conn::limits(&shared), &buf[head.len..]);
+    ws.queue_raw(&handshake::switching_protocols(&accept));
+    let acc = Accepted {
+        req,
+        client_ip: peer.ip(),
+        connection_id: conn::fresh_id(),
+    };
+    conn::handle(shared, ws, acc).await;
 }
 
 /// The TLS acceptor for client connections, from PEM files.
@@ -192,28 +231,6 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor> {
     // WebSocket upgrades are HTTP/1.1 only.
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
-}
-
-/// An error answered before the upgrade, in the seed's error shape.
-fn http_error(
-    status: StatusCode,
-    code: &str,
-    message: &str,
-    field: Option<&str>,
-) -> Response<Body> {
-    let mut details = json!({ "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true) });
-    if let Some(f) = field {
-        details["field"] = json!(f);
-    }
-    let body =
-        json!({"success": false, "error": {"code": code, "message": message, "details": details}});
-    let mut resp = Response::new(Body::from(body.to_string()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
 }
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -325,140 +342,68 @@ pub fn parse_route_request(
     })
 }
 
-fn handle_request(
-    mut req: Request<hyper::body::Incoming>,
+/// The checks before the upgrade: path, method, WebSocket headers, routing parameters,
+/// readiness. Gives the route request and the `Sec-WebSocket-Accept` value.
+fn check_upgrade(
+    head: &Head,
     peer: SocketAddr,
-    shared: Arc<Shared>,
-    tracker: TaskTracker,
-) -> Response<Body> {
-    let path = req.uri().path().to_string();
+    shared: &Shared,
+) -> std::result::Result<(RouteRequest, String), Reject> {
+    let path = head.uri.path();
     if path != "/ws" {
-        return http_error(
+        return Err(Reject::new(
             StatusCode::NOT_FOUND,
             "INVALID_REQUEST",
             "Not found: WebSocket clients connect to /ws",
-            Some("path"),
-        );
+        )
+        .field("path"));
     }
-    let h = req.headers();
-    if req.method() != Method::GET
+    let h = &head.headers;
+    if head.method != Method::GET
         || !header_has_token(h, header::CONNECTION, "upgrade")
         || !header_has_token(h, header::UPGRADE, "websocket")
     {
-        return http_error(
+        return Err(Reject::new(
             StatusCode::BAD_REQUEST,
             "INVALID_REQUEST",
             "Expected a WebSocket upgrade (GET with Connection: Upgrade, Upgrade: websocket)",
-            Some("upgrade"),
-        );
+        )
+        .field("upgrade"));
     }
     if h.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        let mut r = http_error(
+        return Err(Reject::new(
             StatusCode::BAD_REQUEST,
             "INVALID_REQUEST",
             "Unsupported Sec-WebSocket-Version (13 required)",
-            Some("sec-websocket-version"),
-        );
-        r.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
-        return r;
+        )
+        .field("sec-websocket-version"));
     }
     let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).filter(|k| k.len() == 24) else {
-        return http_error(
+        return Err(Reject::new(
             StatusCode::BAD_REQUEST,
             "INVALID_REQUEST",
             "Missing or malformed Sec-WebSocket-Key",
-            Some("sec-websocket-key"),
-        );
+        )
+        .field("sec-websocket-key"));
     };
     let accept = derive_accept_key(key.as_bytes());
-    let client_ip = peer.ip();
-    let route_req = match parse_route_request(req.uri().query(), h, &path, client_ip) {
-        Ok(r) => r,
-        Err((field, msg)) => {
-            return http_error(
-                StatusCode::BAD_REQUEST,
-                "INVALID_REQUEST",
-                &msg,
-                Some(&field),
-            )
-        }
-    };
+    let req =
+        parse_route_request(head.uri.query(), h, path, peer.ip()).map_err(|(field, msg)| {
+            Reject::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", msg).field(field)
+        })?;
     if !shared.ready() {
         shared
             .metrics
             .connections_rejected
             .with_label_values(&["not_ready"])
             .inc();
-        return http_error(
+        return Err(Reject::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "ROUTING_FAILED",
             "Proxy has no routing configuration yet",
-            None,
-        );
+        ));
     }
-    // Reserve a slot before the upgrade; the guard releases it when the connection ends.
-    let prev = shared.active.fetch_add(1, Ordering::AcqRel);
-    if prev >= shared.settings.max_connections {
-        shared.active.fetch_sub(1, Ordering::AcqRel);
-        shared
-            .metrics
-            .connections_rejected
-            .with_label_values(&["max_connections"])
-            .inc();
-        return http_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "INSUFFICIENT_RESOURCES",
-            &format!(
-                "Proxy is at its connection limit ({})",
-                shared.settings.max_connections
-            ),
-            None,
-        );
-    }
-    let guard = ActiveGuard(shared.clone());
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let connection_id = uuid::Uuid::new_v4().to_string();
-    tracker.spawn(async move {
-        let _guard = guard;
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        shared.metrics.connections_total.inc();
-        let acc = Accepted {
-            req: route_req,
-            client_ip,
-            connection_id,
-        };
-        let limits = conn::limits(&shared);
-        // A plain TCP client is relayed on the socket itself, not through hyper's boxed I/O.
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => {
-                let ws =
-                    WsStream::new(parts.io.into_inner(), Role::Server, limits, &parts.read_buf);
-                conn::handle(shared.clone(), ws, acc).await;
-            }
-            Err(upgraded) => {
-                let ws = WsStream::new(TokioIo::new(upgraded), Role::Server, limits, &[]);
-                conn::handle(shared.clone(), ws, acc).await;
-            }
-        }
-    });
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let hs = resp.headers_mut();
-    hs.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    hs.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        hs.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    resp
+    Ok((req, accept))
 }
 
 struct ActiveGuard(Arc<Shared>);
@@ -472,6 +417,7 @@ impl Drop for ActiveGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn parse(q: &str) -> Result<RouteRequest, (String, String)> {
         parse_route_request(

@@ -35,6 +35,14 @@ pub fn limits(shared: &Shared) -> Limits {
     }
 }
 
+/// A fresh random (v4) UUID for a connection or session, from the thread's generator rather
+/// than a system call per id.
+pub fn fresh_id() -> String {
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
+}
+
 /// Pauses before asking the control plane again about a session it does not know (yet).
 const RESOLVE_RETRY_MS: [u64; 2] = [40, 120];
 
@@ -44,7 +52,7 @@ async fn resolve_session(
     requested: Option<&str>,
 ) -> (String, Option<String>, bool) {
     let Some(sid) = requested else {
-        return (uuid::Uuid::new_v4().to_string(), None, true);
+        return (fresh_id(), None, true);
     };
     if let Some(svc) = shared.sessions.get(sid) {
         return (sid.to_string(), Some(svc), false);
@@ -91,7 +99,7 @@ async fn resolve_session(
         }
     }
     // Unknown or completed: a fresh session (ids are minted by the proxy, never by clients).
-    (uuid::Uuid::new_v4().to_string(), None, true)
+    (fresh_id(), None, true)
 }
 
 /// Routes and connects, trying further candidates when an upstream cannot be reached.

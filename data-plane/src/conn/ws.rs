@@ -127,6 +127,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         &self.io
     }
 
+    /// Queues bytes to go out ahead of the next frames (the `101` of the handshake).
+    pub fn queue_raw(&mut self, bytes: &[u8]) {
+        self.wbuf.extend_from_slice(bytes);
+    }
+
     // ------------------------------------------------------------------ reading
 
     /// The next message. Pings are answered and a close is echoed (the answers go out with the
