@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,12 +97,11 @@ enum End {
 impl ControlClient {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
-        let mut reporter = Reporter::default();
         let mut i = 0usize;
         loop {
             let url = self.urls[i % self.urls.len()].clone();
             i += 1;
-            let end = self.session(&url, &mut reporter, &shutdown).await;
+            let end = self.session(&url, &shutdown).await;
             self.shared.metrics.control_plane_connected.set(0);
             *self
                 .shared
@@ -140,7 +138,7 @@ impl ControlClient {
                     _ = shutdown.cancelled() => return,
                     _ = tokio::time::sleep(step) => {}
                 }
-                let _ = reporter.collect(&self.shared);
+                let _ = collect_report(&self.shared);
                 if tokio::time::Instant::now() >= deadline {
                     break;
                 }
@@ -148,12 +146,7 @@ impl ControlClient {
         }
     }
 
-    async fn session(
-        &self,
-        url: &str,
-        reporter: &mut Reporter,
-        shutdown: &CancellationToken,
-    ) -> End {
+    async fn session(&self, url: &str, shutdown: &CancellationToken) -> End {
         let fail = |detail: String| End::Failed {
             detail,
             fatal: false,
@@ -198,7 +191,7 @@ impl ControlClient {
             kind: Some(pb::proxy_message::Kind::Hello(hello)),
         });
         // Resync: the control plane learns every live connection of this node again.
-        if let Some(r) = reporter.resync(&self.shared) {
+        if let Some(r) = resync_report(&self.shared) {
             let _ = tx.try_send(pb::ProxyMessage {
                 kind: Some(pb::proxy_message::Kind::Report(r)),
             });
@@ -227,7 +220,7 @@ impl ControlClient {
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     // Last report, so the cluster view loses our connections promptly.
-                    if let Some(r) = reporter.collect(&self.shared) {
+                    if let Some(r) = collect_report(&self.shared) {
                         let _ = tx.try_send(pb::ProxyMessage { kind: Some(pb::proxy_message::Kind::Report(r)) });
                     }
                     return End::Shutdown;
@@ -249,19 +242,19 @@ impl ControlClient {
                 _ = tokio::time::sleep_until(early.unwrap_or(last_report)), if early.is_some() => {
                     early = None;
                     last_report = tokio::time::Instant::now();
-                    self.send_report(reporter, &tx);
+                    self.send_report(&tx);
                 }
                 _ = tick.tick() => {
                     early = None;
                     last_report = tokio::time::Instant::now();
-                    self.send_report(reporter, &tx);
+                    self.send_report(&tx);
                 }
             }
         }
     }
 
-    fn send_report(&self, reporter: &mut Reporter, tx: &mpsc::Sender<pb::ProxyMessage>) {
-        if let Some(r) = reporter.collect(&self.shared) {
+    fn send_report(&self, tx: &mpsc::Sender<pb::ProxyMessage>) {
+        if let Some(r) = collect_report(&self.shared) {
             match tx.try_send(pb::ProxyMessage {
                 kind: Some(pb::proxy_message::Kind::Report(r)),
             }) {
@@ -398,158 +391,126 @@ pub fn run_command(shared: &Shared, c: pb::ProxyCommand) -> pb::CommandResult {
     res
 }
 
-/// Turns per-connection atomics into report events and per-service counter deltas.
-#[derive(Default)]
-pub struct Reporter {
-    last: HashMap<String, [u64; 6]>,
+// Reports: per-connection atomics turned into events and per-service counter deltas.
+
+/// A report listing every live connection as OPENED (sent first on each new stream).
+pub fn resync_report(shared: &Shared) -> Option<pb::Report> {
+    let mut r = pb::Report::default();
+    shared.for_each_live(|s| {
+        let conn = s.to_proto(&shared.settings.node_id, "active");
+        r.sessions.push(pb::SessionEvent {
+            kind: pb::session_event::Kind::Attached as i32,
+            session_id: conn.session_id.clone(),
+            service_id: conn.target_service_id.clone(),
+            at: conn.connected_at,
+        });
+        r.connections.push(pb::ConnectionEvent {
+            kind: pb::connection_event::Kind::Opened as i32,
+            connection: Some(conn),
+        });
+    });
+    (!r.connections.is_empty()).then_some(r)
 }
 
-fn counters(s: &crate::state::ConnStats) -> [u64; 6] {
-    [
-        s.msgs_in.load(Ordering::Relaxed),
-        s.msgs_out.load(Ordering::Relaxed),
-        s.bytes_in.load(Ordering::Relaxed),
-        s.bytes_out.load(Ordering::Relaxed),
-        s.rt_count.load(Ordering::Relaxed),
-        s.rt_sum_us.load(Ordering::Relaxed),
-    ]
-}
-
-impl Reporter {
-    /// A report listing every live connection as OPENED (sent first on each new stream).
-    pub fn resync(&mut self, shared: &Shared) -> Option<pb::Report> {
-        let mut r = pb::Report::default();
-        for s in shared.live() {
-            let conn = s.to_proto(&shared.settings.node_id, "active");
-            r.sessions.push(pb::SessionEvent {
-                kind: pb::session_event::Kind::Attached as i32,
-                session_id: conn.session_id.clone(),
-                service_id: conn.target_service_id.clone(),
-                at: conn.connected_at,
-            });
-            r.connections.push(pb::ConnectionEvent {
-                kind: pb::connection_event::Kind::Opened as i32,
-                connection: Some(conn),
-            });
+/// Events and counter deltas since the previous report.
+pub fn collect_report(shared: &Shared) -> Option<pb::Report> {
+    let pending = std::mem::take(&mut *shared.pending.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut per_service: HashMap<String, pb::ServiceCounters> = HashMap::new();
+    let mut totals = [0u64; 6];
+    let mut fold = |service_id: String, d: [u64; 6], totals: &mut [u64; 6]| {
+        for (t, x) in totals.iter_mut().zip(d) {
+            *t += x;
         }
-        (!r.connections.is_empty()).then_some(r)
+        let c = per_service
+            .entry(service_id.clone())
+            .or_insert_with(|| pb::ServiceCounters {
+                service_id,
+                ..Default::default()
+            });
+        c.messages_in += d[0];
+        c.messages_out += d[1];
+        c.bytes_in += d[2];
+        c.bytes_out += d[3];
+        c.response_time_count += d[4];
+        c.response_time_sum_ms += d[5] as f64 / 1000.0;
+    };
+    for s in &pending.closed {
+        fold(s.route().service_id, s.take_delta(), &mut totals);
     }
-
-    pub fn collect(&mut self, shared: &Shared) -> Option<pb::Report> {
-        let pending =
-            std::mem::take(&mut *shared.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut per_service: HashMap<String, pb::ServiceCounters> = HashMap::new();
-        let mut totals = [0u64; 6];
-        let mut fold = |service_id: String, d: [u64; 6], totals: &mut [u64; 6]| {
-            for (t, x) in totals.iter_mut().zip(d) {
-                *t += x;
-            }
-            let c = per_service
-                .entry(service_id.clone())
-                .or_insert_with(|| pb::ServiceCounters {
-                    service_id,
-                    ..Default::default()
-                });
-            c.messages_in += d[0];
-            c.messages_out += d[1];
-            c.bytes_in += d[2];
-            c.bytes_out += d[3];
-            c.response_time_count += d[4];
-            c.response_time_sum_ms += d[5] as f64 / 1000.0;
-        };
-        let delta = |now: [u64; 6], prev: [u64; 6]| -> [u64; 6] {
-            let mut d = [0; 6];
-            for i in 0..6 {
-                d[i] = now[i].saturating_sub(prev[i]);
-            }
-            d
-        };
-        for s in &pending.closed {
-            let prev = self.last.remove(&s.connection_id).unwrap_or_default();
-            let d = delta(counters(s), prev);
+    let mut updated = Vec::new();
+    shared.for_each_live(|s| {
+        let d = s.take_delta();
+        if d.iter().any(|x| *x > 0) {
             fold(s.route().service_id, d, &mut totals);
+            updated.push(pb::ConnectionEvent {
+                kind: pb::connection_event::Kind::Updated as i32,
+                connection: Some(s.to_proto(&shared.settings.node_id, "active")),
+            });
         }
-        let mut updated = Vec::new();
-        for s in shared.live() {
-            let now = counters(&s);
-            let prev = self
-                .last
-                .insert(s.connection_id.clone(), now)
-                .unwrap_or_default();
-            let d = delta(now, prev);
-            if d.iter().any(|x| *x > 0) {
-                fold(s.route().service_id, d, &mut totals);
-                updated.push(pb::ConnectionEvent {
-                    kind: pb::connection_event::Kind::Updated as i32,
-                    connection: Some(s.to_proto(&shared.settings.node_id, "active")),
-                });
-            }
-        }
-        let errors = std::mem::take(
-            &mut *shared
-                .service_errors
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
+    });
+    let errors = std::mem::take(
+        &mut *shared
+            .service_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    for (id, (errs, passive)) in errors {
+        let c = per_service
+            .entry(id.clone())
+            .or_insert_with(|| pb::ServiceCounters {
+                service_id: id,
+                ..Default::default()
+            });
+        c.errors += errs;
+        c.passive_failures += passive;
+    }
+    let m = &shared.metrics;
+    m.messages
+        .with_label_values(&["client_to_agent"])
+        .inc_by(totals[0]);
+    m.messages
+        .with_label_values(&["agent_to_client"])
+        .inc_by(totals[1]);
+    m.bytes
+        .with_label_values(&["client_to_agent"])
+        .inc_by(totals[2]);
+    m.bytes
+        .with_label_values(&["agent_to_client"])
+        .inc_by(totals[3]);
+    if pending.dropped > 0 {
+        tracing::warn!(
+            dropped = pending.dropped,
+            "report events dropped (buffer full)"
         );
-        for (id, (errs, passive)) in errors {
-            let c = per_service
-                .entry(id.clone())
-                .or_insert_with(|| pb::ServiceCounters {
+    }
+    // Peaks since the last report: the control plane cannot see connections that opened
+    // and closed in between side by side. Sent for services with traffic in this report
+    // or whose peak exceeds what is open now (a plain open connection needs no figure).
+    let peaks = shared.load.take_peaks();
+    for (id, (peak, live)) in peaks.services {
+        if let Some(c) = per_service.get_mut(&id) {
+            c.peak_connections = peak;
+        } else if peak > live {
+            per_service.insert(
+                id.clone(),
+                pb::ServiceCounters {
                     service_id: id,
+                    peak_connections: peak,
                     ..Default::default()
-                });
-            c.errors += errs;
-            c.passive_failures += passive;
-        }
-        let m = &shared.metrics;
-        m.messages
-            .with_label_values(&["client_to_agent"])
-            .inc_by(totals[0]);
-        m.messages
-            .with_label_values(&["agent_to_client"])
-            .inc_by(totals[1]);
-        m.bytes
-            .with_label_values(&["client_to_agent"])
-            .inc_by(totals[2]);
-        m.bytes
-            .with_label_values(&["agent_to_client"])
-            .inc_by(totals[3]);
-        if pending.dropped > 0 {
-            tracing::warn!(
-                dropped = pending.dropped,
-                "report events dropped (buffer full)"
+                },
             );
         }
-        // Peaks since the last report: the control plane cannot see connections that opened
-        // and closed in between side by side. Sent for services with traffic in this report
-        // or whose peak exceeds what is open now (a plain open connection needs no figure).
-        let peaks = shared.load.take_peaks();
-        for (id, (peak, live)) in peaks.services {
-            if let Some(c) = per_service.get_mut(&id) {
-                c.peak_connections = peak;
-            } else if peak > live {
-                per_service.insert(
-                    id.clone(),
-                    pb::ServiceCounters {
-                        service_id: id,
-                        peak_connections: peak,
-                        ..Default::default()
-                    },
-                );
-            }
-        }
-        let mut report = pb::Report {
-            connections: pending.connections,
-            sessions: pending.sessions,
-            counters: per_service.into_values().collect(),
-            peak_connections: peaks.node,
-        };
-        report.connections.extend(updated);
-        if report.connections.is_empty() && report.sessions.is_empty() && report.counters.is_empty()
-        {
-            None
-        } else {
-            Some(report)
-        }
+    }
+    let mut report = pb::Report {
+        connections: pending.connections,
+        sessions: pending.sessions,
+        counters: per_service.into_values().collect(),
+        peak_connections: peaks.node,
+    };
+    report.connections.extend(updated);
+    if report.connections.is_empty() && report.sessions.is_empty() && report.counters.is_empty() {
+        None
+    } else {
+        Some(report)
     }
 }

@@ -49,7 +49,9 @@ where
                 format!("Request head is larger than {MAX_HEAD_BYTES} bytes"),
             ));
         }
-        buf.reserve(2048);
+        if buf.len() == buf.capacity() {
+            buf.reserve(1024);
+        }
         match io.read_buf(buf).await {
             Ok(0) | Err(_) => return Err(HeadError::Gone),
             Ok(_) => {}

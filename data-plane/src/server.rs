@@ -53,11 +53,12 @@ pub async fn serve(
         let tls = tls.clone();
         tracker.spawn(async move {
             match tls {
-                None => serve_client(tcp, peer, shared).await,
+                // Boxed: the connection's future is large; the task stays small to spawn.
+                None => Box::pin(serve_client(tcp, peer, shared)).await,
                 Some(acceptor) => {
                     let handshake = acceptor.accept(tcp);
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-                        Ok(Ok(stream)) => serve_client(stream, peer, shared).await,
+                        Ok(Ok(stream)) => Box::pin(serve_client(stream, peer, shared)).await,
                         Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                     }

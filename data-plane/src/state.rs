@@ -58,6 +58,8 @@ pub struct ConnStats {
     pub rt_count: AtomicU64,
     pub rt_sum_us: AtomicU64,
     pub route: Mutex<RouteInfo>,
+    /// The counters as of the last report (see [`ConnStats::take_delta`]).
+    reported: [AtomicU64; 6],
 }
 
 /// Where a connection currently goes (changes on failover).
@@ -83,7 +85,30 @@ impl ConnStats {
             rt_count: AtomicU64::new(0),
             rt_sum_us: AtomicU64::new(0),
             route: Mutex::new(route),
+            reported: Default::default(),
         }
+    }
+
+    /// Messages in/out, bytes in/out, response count and response time sum (µs), as of now.
+    pub fn counters(&self) -> [u64; 6] {
+        [
+            self.msgs_in.load(Ordering::Relaxed),
+            self.msgs_out.load(Ordering::Relaxed),
+            self.bytes_in.load(Ordering::Relaxed),
+            self.bytes_out.load(Ordering::Relaxed),
+            self.rt_count.load(Ordering::Relaxed),
+            self.rt_sum_us.load(Ordering::Relaxed),
+        ]
+    }
+
+    /// How much each counter grew since the previous call (the reporter is its one caller).
+    pub fn take_delta(&self) -> [u64; 6] {
+        let now = self.counters();
+        let mut d = [0; 6];
+        for ((d, now), prev) in d.iter_mut().zip(now).zip(&self.reported) {
+            *d = now.saturating_sub(prev.swap(now, Ordering::Relaxed));
+        }
+        d
     }
 
     pub fn route(&self) -> RouteInfo {
@@ -268,13 +293,15 @@ impl Shared {
             .remove(connection_id);
     }
 
-    /// Live connections' stats (a snapshot of the registry).
-    pub fn live(&self) -> Vec<Arc<ConnStats>> {
-        self.conns
+    /// Calls `f` with each live connection's stats (under the registry lock: keep it short).
+    pub fn for_each_live(&self, mut f: impl FnMut(&ConnStats)) {
+        for e in self
+            .conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .values()
-            .map(|e| e.stats.clone())
-            .collect()
+        {
+            f(&e.stats);
+        }
     }
 }

@@ -71,9 +71,12 @@ pub struct Limits {
     pub max_message: usize,
 }
 
-/// Spare room made before each socket read. Reads never zero-fill it, so a large read costs
-/// only what it fills; one read takes several 4 KiB frames at once.
-const READ_CHUNK: usize = 16 * 1024;
+/// Spare room made before a socket read: it starts small (an idle connection holds little, and
+/// the allocator serves small buffers from its fast per-thread caches)
+/// and doubles, up to the maximum, whenever a read fills it (a busy one takes many frames per
+/// read). Reads never zero-fill it, so a large chunk costs only what a read fills.
+const READ_CHUNK_MIN: usize = 1024;
+const READ_CHUNK_MAX: usize = 64 * 1024;
 /// Pending output beyond which `poll_ready` waits for the socket (backpressure).
 const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// A write buffer grown past this by a burst is given back once it drains.
@@ -84,6 +87,7 @@ pub struct WsStream<S> {
     role: Role,
     limits: Limits,
     rbuf: BytesMut,
+    read_chunk: usize,
     wbuf: Vec<u8>,
     /// Bytes of `wbuf` already written.
     wpos: usize,
@@ -112,6 +116,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                 max_message: limits.max_message.max(limits.max_frame),
             },
             rbuf,
+            read_chunk: READ_CHUNK_MIN,
             wbuf: Vec::new(),
             wpos: 0,
             frag: None,
@@ -166,11 +171,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             }
             // Compacts (or replaces, while earlier payloads are still referenced) the buffer
             // so that every read can take a full chunk.
-            self.rbuf.reserve(READ_CHUNK);
+            self.rbuf.reserve(self.read_chunk);
+            let room = self.rbuf.capacity() - self.rbuf.len();
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
                 Poll::Ready(Ok(0)) if self.close_sent => return Poll::Ready(None),
                 Poll::Ready(Ok(0)) => return self.fail(WsError::Reset),
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(n)) => {
+                    if n == room {
+                        self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK_MAX);
+                    }
+                }
                 Poll::Ready(Err(e)) => return self.fail(e.into()),
                 Poll::Pending => return Poll::Pending,
             }
@@ -366,7 +376,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         self.wbuf.clear();
         self.wpos = 0;
         if self.wbuf.capacity() > WRITE_KEEP {
-            self.wbuf.shrink_to(READ_CHUNK);
+            self.wbuf.shrink_to(READ_CHUNK_MAX);
         }
         Poll::Ready(Ok(()))
     }
