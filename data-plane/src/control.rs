@@ -438,9 +438,14 @@ pub fn collect_report(shared: &Shared) -> Option<pb::Report> {
         fold(s.route().service_id, s.take_delta(), &mut totals);
     }
     let mut updated = Vec::new();
+    let now_ms = shared.now_ms();
     shared.for_each_live(|s| {
         let d = s.take_delta();
         if d.iter().any(|x| *x > 0) {
+            // Traffic since the last report: active as of now (the relay itself records
+            // activity only at its idle-check ticks).
+            s.last_activity_ms
+                .fetch_max(now_ms, std::sync::atomic::Ordering::Relaxed);
             fold(s.route().service_id, d, &mut totals);
             updated.push(pb::ConnectionEvent {
                 kind: pb::connection_event::Kind::Updated as i32,

@@ -95,8 +95,11 @@ pub fn spawn_workers(
     let mut threads = Vec::with_capacity(n);
     for i in 0..n {
         let listener = std_listener.try_clone()?;
+        // Sockets and timers only: signals and child processes belong to the main runtime,
+        // and their drivers would be checked on every turn of this loop.
         let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
+            .enable_io()
+            .enable_time()
             .build()?;
         let (tls, shared, tracker) = (tls.clone(), shared.clone(), tracker.clone());
         let (stop, done) = (stop.clone(), done.clone());

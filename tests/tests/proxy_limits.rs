@@ -170,6 +170,25 @@ async fn idle_connections_are_closed() {
 }
 
 #[tokio::test]
+async fn traffic_keeps_a_connection_from_idling_out() {
+    let (_a, _cp, proxy) = setup(|c| c.idle_timeout = Duration::from_millis(300)).await;
+    let (mut ws, _) = connect_routed(&proxy.ws_url("tag=t")).await;
+    // A message every 100 ms for four idle timeouts: the connection stays open.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1200) {
+        ws.send(Message::Binary(vec![1u8; 8].into())).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(2), futures::StreamExt::next(&mut ws))
+            .await
+            .expect("no echo within 2 s");
+        assert!(matches!(reply, Some(Ok(Message::Binary(_)))), "{reply:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Then quiet: closed for idleness.
+    let (code, reason, _) = read_until_close(&mut ws).await;
+    assert_eq!((code, reason.as_str()), (1001, "idle timeout"));
+}
+
+#[tokio::test]
 async fn shutdown_closes_clients_with_1001() {
     let (_a, _cp, proxy) = setup(|_| {}).await;
     let (mut ws, _) = connect_routed(&proxy.ws_url("tag=t")).await;

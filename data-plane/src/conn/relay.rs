@@ -6,12 +6,13 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use futures::Stream;
 use myagent_proto::v1 as pb;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -107,7 +108,31 @@ pub struct Relay<C> {
     rt_start: Option<Instant>,
     /// Alternates which side is read first, so a flooding side cannot starve the other.
     flip: bool,
-    polls: u32,
+    /// Wakes this task for the control sources (shutdown, commands, config, tick) and notes
+    /// that one fired: they are polled only then, not on every socket event.
+    ctl: Arc<ControlWake>,
+    ctl_waker: Waker,
+    /// Messages and pings seen in either direction, and their number at the last tick: the
+    /// tick, not every message, updates the last-activity time.
+    activity: u64,
+    activity_mark: u64,
+}
+
+#[derive(Default)]
+struct ControlWake {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for ControlWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
 }
 
 fn data_len(m: &Message) -> usize {
@@ -177,6 +202,11 @@ where
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let config = WatchStream::from_changes(shared.config.clone());
         let shutdown = Box::pin(shared.shutdown.clone().cancelled_owned());
+        // Fired at first, so the first poll registers with every control source.
+        let ctl = Arc::new(ControlWake {
+            fired: AtomicBool::new(true),
+            task: AtomicWaker::new(),
+        });
         let mut to_client = VecDeque::with_capacity(4);
         to_client.push_back(Message::Text(routed_event));
         let mut r = Relay {
@@ -208,7 +238,10 @@ where
             exclude: Vec::new(),
             rt_start: None,
             flip: false,
-            polls: 0,
+            ctl_waker: Waker::from(ctl.clone()),
+            ctl,
+            activity: 0,
+            activity_mark: 0,
             shared,
         };
         r.rebuild_envelope();
@@ -248,8 +281,6 @@ where
     // ---------------------------------------------------------------- polling
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Ev> {
-        self.polls = self.polls.wrapping_add(1);
-
         // Phase futures and timers.
         match &mut self.phase {
             Phase::Relay => {}
@@ -272,12 +303,8 @@ where
             }
         }
 
-        // Control sources are checked on every 8th poll and whenever the sockets are idle, so
-        // a busy connection pays for them rarely but can never starve them.
-        if self.polls & 7 == 0 {
-            if let Poll::Ready(ev) = self.poll_control(cx) {
-                return Poll::Ready(ev);
-            }
+        if let Poll::Ready(ev) = self.poll_control(cx) {
+            return Poll::Ready(ev);
         }
 
         // Writes towards the agent.
@@ -374,7 +401,7 @@ where
             }
         }
 
-        self.poll_control(cx)
+        Poll::Pending
     }
 
     fn poll_client_read(&mut self, cx: &mut Context<'_>) -> Poll<Ev> {
@@ -410,20 +437,28 @@ where
         }
     }
 
+    /// Polls the control sources if one of them fired since the last look.
     fn poll_control(&mut self, cx: &mut Context<'_>) -> Poll<Ev> {
-        if !self.shutting_down && self.shutdown.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(Ev::Shutdown);
+        self.ctl.task.register(cx.waker());
+        if !self.ctl.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
         }
-        if let Poll::Ready(Some(c)) = self.cmd_rx.poll_recv(cx) {
-            return Poll::Ready(Ev::Cmd(c));
-        }
-        if let Poll::Ready(Some(s)) = Pin::new(&mut self.config).poll_next(cx) {
-            return Poll::Ready(Ev::Config(s));
-        }
-        if self.tick.poll_tick(cx).is_ready() {
-            return Poll::Ready(Ev::Tick);
-        }
-        Poll::Pending
+        let mut ccx = Context::from_waker(&self.ctl_waker);
+        let cx = &mut ccx;
+        let ev = if !self.shutting_down && self.shutdown.as_mut().poll(cx).is_ready() {
+            Ev::Shutdown
+        } else if let Poll::Ready(Some(c)) = self.cmd_rx.poll_recv(cx) {
+            Ev::Cmd(c)
+        } else if let Poll::Ready(Some(s)) = Pin::new(&mut self.config).poll_next(cx) {
+            Ev::Config(s)
+        } else if self.tick.poll_tick(cx).is_ready() {
+            Ev::Tick
+        } else {
+            return Poll::Pending;
+        };
+        // More may be waiting behind this one: look again next time.
+        self.ctl.fired.store(true, Ordering::Release);
+        Poll::Ready(ev)
     }
 
     // ---------------------------------------------------------------- events
@@ -469,12 +504,6 @@ where
         false
     }
 
-    fn touch(&self) {
-        self.stats
-            .last_activity_ms
-            .store(self.shared.now_ms(), Ordering::Relaxed);
-    }
-
     fn on_client_msg(&mut self, m: Message) {
         if self.is_closing() {
             return;
@@ -484,7 +513,7 @@ where
                 let n = data_len(&m);
                 self.stats.msgs_in.fetch_add(1, Ordering::Relaxed);
                 self.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                self.touch();
+                self.activity += 1;
                 if self.rt_start.is_none() {
                     self.rt_start = Some(Instant::now());
                 }
@@ -497,7 +526,7 @@ where
             // Pings and pongs are relayed only on a live upstream (tungstenite has already
             // answered the client's ping itself).
             Message::Ping(_) | Message::Pong(_) => {
-                self.touch();
+                self.activity += 1;
                 if self.is_relay() && self.up.is_some() {
                     self.to_up.push_back(m);
                 }
@@ -576,7 +605,7 @@ where
                 let n = data_len(&m);
                 self.stats.msgs_out.fetch_add(1, Ordering::Relaxed);
                 self.stats.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                self.touch();
+                self.activity += 1;
                 if let Some(t) = self.rt_start.take() {
                     let d = t.elapsed();
                     self.stats.rt_count.fetch_add(1, Ordering::Relaxed);
@@ -712,12 +741,19 @@ where
     }
 
     fn on_tick(&mut self) {
+        let now = self.shared.now_ms();
+        if self.activity != self.activity_mark {
+            self.activity_mark = self.activity;
+            self.stats
+                .last_activity_ms
+                .fetch_max(now, Ordering::Relaxed);
+        }
         let idle = self.shared.settings.idle_timeout;
         if idle.is_zero() || self.is_closing() {
             return;
         }
         let last = self.stats.last_activity_ms.load(Ordering::Relaxed);
-        if self.shared.now_ms().saturating_sub(last) >= idle.as_millis() as u64 {
+        if now.saturating_sub(last) >= idle.as_millis() as u64 {
             tracing::debug!(connection_id = %self.acc.connection_id, "idle timeout");
             self.begin_close(
                 Some(close_msg(1001, "idle timeout")),
