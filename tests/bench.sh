@@ -3,9 +3,12 @@
 # (with and without the metadata envelope) and through nginx as a WebSocket reverse proxy,
 # all in the same run on loopback. Prints absolute figures and ratios (see PERFORMANCE.md).
 #
-#   tests/bench.sh                 # every scenario, 3 s each
-#   SECONDS_PER_RUN=5 tests/bench.sh
+#   tests/bench.sh                 # every scenario, 3 rounds of 3 s per target
+#   SECONDS_PER_RUN=5 ROUNDS=5 tests/bench.sh
 #   SCENARIOS=pp100-64,pp100-4k tests/bench.sh
+#
+# Each scenario runs ROUNDS times with the targets in a rotated order; each row is that
+# target's median round (single runs on a shared 2-vCPU machine swing by 5-25 %).
 #
 # Installs nginx-light from Debian's packages when nginx is missing (needs root), writes its
 # config to a temp dir, and stops everything it started (by PID) on exit.
@@ -13,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECS="${SECONDS_PER_RUN:-3}"
+ROUNDS="${ROUNDS:-3}"
 SCEN="${SCENARIOS:-pp100-64,pp100-4k,pp1000-64,stream100x16-4k,connect2000}"
 
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
@@ -96,17 +100,15 @@ T_DIRECT="direct=ws://$AGENT/@$agent_PID"
 T_PROXY="myagent-proxy=ws://$PROXY/ws?service=echo@$proxy_PID"
 T_RAW="myagent-proxy-noenv=ws://$PROXY/ws?service=echo-raw@$proxy_PID"
 T_NGINX="nginx=ws://127.0.0.1:$NPORT/@$NGINX_PIDS"
-echo "# wsbench $(date -u +%FT%TZ) $(nproc) vCPU, ${SECS}s per run; agent=$AGENT proxy=$PROXY nginx=127.0.0.1:$NPORT"
+echo "# wsbench $(date -u +%FT%TZ) $(nproc) vCPU, ${SECS}s per run, median of $ROUNDS rounds; agent=$AGENT proxy=$PROXY nginx=127.0.0.1:$NPORT"
 
 ulimit -n 65536 2>/dev/null || true
 # Multi-connection rows: every process free to use both vCPUs.
-"$WSB" run --seconds "$SECS" --scenarios "$SCEN" \
+"$WSB" run --seconds "$SECS" --rounds "$ROUNDS" --scenarios "$SCEN" \
   --target "$T_DIRECT" --target "$T_PROXY" --target "$T_RAW" --target "$T_NGINX"
 
 # 1 connection, 64 B: every process pinned to vCPU 0 (cross-vCPU wake-ups dominate otherwise).
 for p in "$agent_PID" "$proxy_PID" "$NGINX_MASTER" $(echo "$NGINX_PIDS" | tr , ' '); do taskset -apc 0 "$p" >/dev/null; done
-echo; echo "# pinned to vCPU 0 (taskset -c 0), 3 repetitions"
-for i in 1 2 3; do
-  taskset -c 0 "$WSB" run --seconds "$SECS" --scenarios pp1-64 \
-    --target "$T_DIRECT" --target "$T_PROXY" --target "$T_RAW" --target "$T_NGINX"
-done
+echo; echo "# pinned to vCPU 0 (taskset -c 0)"
+taskset -c 0 "$WSB" run --seconds "$SECS" --rounds "$ROUNDS" --scenarios pp1-64 \
+  --target "$T_DIRECT" --target "$T_PROXY" --target "$T_RAW" --target "$T_NGINX"

@@ -248,6 +248,12 @@ fn check_echo(t: &Target, sent: &str, got: &Message) -> bool {
     }
 }
 
+impl Outcome {
+    fn rate(&self) -> f64 {
+        self.msgs as f64 / self.secs
+    }
+}
+
 struct Outcome {
     msgs: u64,
     bytes: u64,
@@ -483,33 +489,56 @@ async fn run(args: &[String]) -> anyhow::Result<()> {
         .unwrap_or("pp1-64,pp100-64,pp100-4k,pp1000-64,stream100x16-4k,connect2000")
         .split(',')
         .collect();
+    // Each scenario runs `rounds` times, the targets in a rotated order each round (so no
+    // target always runs first or last); the table shows each target's median round by rate.
+    let rounds: usize = flag(args, "--rounds").unwrap_or("1").parse()?;
+    anyhow::ensure!(rounds >= 1, "--rounds must be at least 1");
     let mut table: Vec<(String, Vec<(String, Outcome)>)> = Vec::new();
     for sc in &scenarios {
-        let mut row = Vec::new();
-        for t in &targets {
-            let o = match *sc {
-                "pp1-64" => pingpong(t, 1, 64, warm, dur).await,
-                "pp1-4k" => pingpong(t, 1, 4096, warm, dur).await,
-                "pp100-64" => pingpong(t, 100, 64, warm, dur).await,
-                "pp100-4k" => pingpong(t, 100, 4096, warm, dur).await,
-                "pp1000-64" => pingpong(t, 1000, 64, warm, dur).await,
-                "pp1000-4k" => pingpong(t, 1000, 4096, warm, dur).await,
-                "stream100x16-4k" => stream(t, 100, 16, 4096, warm, dur).await,
-                "connect2000" => connect_storm(t, 2000, 100).await,
-                other => anyhow::bail!("unknown scenario {other}"),
-            }?;
-            eprintln!(
-                "  {sc:<16} {:<10} done ({} msgs, {} errors)",
-                t.name, o.msgs, o.errors
-            );
-            row.push((t.name.clone(), o));
-            // Let sockets in TIME_WAIT and closing tasks settle between runs.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut runs: Vec<Vec<Outcome>> = targets.iter().map(|_| Vec::new()).collect();
+        for round in 0..rounds {
+            for k in 0..targets.len() {
+                let i = (k + round) % targets.len();
+                let o = run_one(sc, &targets[i], warm, dur).await?;
+                eprintln!(
+                    "  {sc:<16} {:<10} round {} done ({} msgs, {} errors)",
+                    targets[i].name,
+                    round + 1,
+                    o.msgs,
+                    o.errors
+                );
+                runs[i].push(o);
+                // Let sockets in TIME_WAIT and closing tasks settle between runs.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
         }
+        let row = targets
+            .iter()
+            .zip(runs)
+            .map(|(t, mut v)| {
+                v.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+                let median = v.swap_remove(v.len() / 2);
+                (t.name.clone(), median)
+            })
+            .collect();
         table.push((sc.to_string(), row));
     }
     print_table(&table);
     Ok(())
+}
+
+async fn run_one(sc: &str, t: &Target, warm: Duration, dur: Duration) -> anyhow::Result<Outcome> {
+    match sc {
+        "pp1-64" => pingpong(t, 1, 64, warm, dur).await,
+        "pp1-4k" => pingpong(t, 1, 4096, warm, dur).await,
+        "pp100-64" => pingpong(t, 100, 64, warm, dur).await,
+        "pp100-4k" => pingpong(t, 100, 4096, warm, dur).await,
+        "pp1000-64" => pingpong(t, 1000, 64, warm, dur).await,
+        "pp1000-4k" => pingpong(t, 1000, 4096, warm, dur).await,
+        "stream100x16-4k" => stream(t, 100, 16, 4096, warm, dur).await,
+        "connect2000" => connect_storm(t, 2000, 100).await,
+        other => anyhow::bail!("unknown scenario {other}"),
+    }
 }
 
 #[allow(clippy::print_stdout)]

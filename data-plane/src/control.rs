@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use crate::conn::ws::Utf8Bytes;
 use myagent_proto::v1 as pb;
 use pb::proxy_control_client::ProxyControlClient;
 use tokio::sync::{mpsc, watch};
@@ -368,7 +368,7 @@ pub fn run_command(shared: &Shared, c: pb::ProxyCommand) -> pb::CommandResult {
             }
         },
         Some(Kind::Notify(n)) => {
-            let ev = Bytes::from(events::management_notification(
+            let ev = Utf8Bytes::from(events::management_notification(
                 &n.r#type,
                 &n.message,
                 &n.severity,

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use crate::conn::ws::Utf8Bytes;
 use myagent_proto::v1 as pb;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -40,7 +40,7 @@ pub enum ConnCommand {
         notify: bool,
     },
     /// A ready-made `management_notification` event.
-    Notify(Bytes),
+    Notify(Utf8Bytes),
 }
 
 /// Counters of one connection. The relay bumps them with relaxed atomics (uncontended: one

@@ -152,6 +152,13 @@ async fn relays_with_envelope_events_and_headers() {
         metrics.contains("myagent_proxy_messages_total{direction=\"client_to_agent\"} 3"),
         "{metrics}"
     );
+    // The connection's response times reached the shared histogram when it ended.
+    let answered: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("myagent_proxy_upstream_latency_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(answered >= 1, "{metrics}");
 }
 
 #[tokio::test]

@@ -9,7 +9,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use myagent_proto::v1 as pb;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -245,7 +244,7 @@ where
         session_id.clone(),
         acc,
         cmd_rx,
-        Bytes::from(routed_ev),
+        routed_ev,
     );
     let final_service = relay.run().await;
 

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::task::AtomicWaker;
 use futures::Stream;
 use myagent_proto::v1 as pb;
+use prometheus::local::LocalHistogram;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior, Sleep};
@@ -116,6 +116,9 @@ pub struct Relay<C> {
     /// tick, not every message, updates the last-activity time.
     activity: u64,
     activity_mark: u64,
+    /// Response times, folded into the shared histogram at each tick and at the end (no
+    /// atomics shared between threads per message).
+    rt_hist: LocalHistogram,
 }
 
 #[derive(Default)]
@@ -190,11 +193,12 @@ where
         session_id: String,
         acc: Accepted,
         cmd_rx: mpsc::Receiver<ConnCommand>,
-        routed_event: Bytes,
+        routed_event: String,
     ) -> Self {
         let idle = shared.settings.idle_timeout;
+        // The tick checks idleness and publishes this connection's activity and metrics.
         let period = if idle.is_zero() {
-            Duration::from_secs(3600)
+            Duration::from_secs(5)
         } else {
             (idle / 4).clamp(Duration::from_millis(20), Duration::from_secs(5))
         };
@@ -208,7 +212,7 @@ where
             task: AtomicWaker::new(),
         });
         let mut to_client = VecDeque::with_capacity(4);
-        to_client.push_back(Message::Text(routed_event));
+        to_client.push_back(Message::text(routed_event));
         let mut r = Relay {
             stats,
             client,
@@ -242,6 +246,7 @@ where
             ctl,
             activity: 0,
             activity_mark: 0,
+            rt_hist: shared.metrics.upstream_response_seconds.local(),
             shared,
         };
         r.rebuild_envelope();
@@ -319,16 +324,20 @@ where
                     Poll::Ready(Err(e)) => return Poll::Ready(Ev::UpError(e)),
                     Poll::Pending => break,
                 }
+                // None: already written (the envelope goes straight into the frame).
                 let msg = match self.up_ctrl.take() {
-                    Some(m) => m,
+                    Some(m) => Some(m),
                     None => {
                         let Some(m) = self.to_up.pop_front() else {
                             break;
                         };
                         self.to_up_bytes -= data_len(&m);
                         let out = match (&m, self.envelope.as_mut()) {
-                            (Message::Text(t), Some(env)) => Message::Text(env.wrap(t)),
-                            _ => m.clone(),
+                            (Message::Text(t), Some(env)) => {
+                                up.start_send_text_parts(&env.parts(t.as_str()));
+                                None
+                            }
+                            _ => Some(m.clone()),
                         };
                         if matches!(m, Message::Text(_) | Message::Binary(_)) {
                             let st = &self.shared.settings;
@@ -343,8 +352,10 @@ where
                         out
                     }
                 };
-                if let Err(e) = up.start_send(msg) {
-                    return Poll::Ready(Ev::UpError(e));
+                if let Some(msg) = msg {
+                    if let Err(e) = up.start_send(msg) {
+                        return Poll::Ready(Ev::UpError(e));
+                    }
                 }
                 self.flush_up = true;
             }
@@ -612,10 +623,7 @@ where
                     self.stats
                         .rt_sum_us
                         .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
-                    self.shared
-                        .metrics
-                        .upstream_response_seconds
-                        .observe(d.as_secs_f64());
+                    self.rt_hist.observe(d.as_secs_f64());
                 }
                 // One answer acknowledges one request: exact for request/response agents;
                 // agents that answer several frames per request only shorten the replay window.
@@ -741,6 +749,7 @@ where
     }
 
     fn on_tick(&mut self) {
+        self.rt_hist.flush();
         let now = self.shared.now_ms();
         if self.activity != self.activity_mark {
             self.activity_mark = self.activity;

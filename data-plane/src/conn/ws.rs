@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
+pub use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Which end of the WebSocket this is: a server reads masked frames and writes plain ones,
 /// a client the other way round.
@@ -25,11 +26,11 @@ pub struct CloseFrame {
     pub reason: String,
 }
 
-/// One whole message. `Text` payloads are valid UTF-8 (checked on receipt; events we write are
-/// Rust strings).
+/// One whole message. `Text` payloads are checked UTF-8 once, on receipt, and read as `&str`
+/// from then on (`Utf8Bytes` is a `Bytes` that carries that proof).
 #[derive(Debug, Clone)]
 pub enum Message {
-    Text(Bytes),
+    Text(Utf8Bytes),
     Binary(Bytes),
     Ping(Bytes),
     Pong(Bytes),
@@ -38,7 +39,7 @@ pub enum Message {
 
 impl Message {
     pub fn text(s: impl Into<String>) -> Self {
-        Message::Text(Bytes::from(s.into()))
+        Message::Text(Utf8Bytes::from(s.into()))
     }
 
     pub fn close(code: u16, reason: &str) -> Self {
@@ -169,9 +170,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                 Ok(None) => {}
                 Err(e) => return self.fail(e),
             }
-            // Compacts (or replaces, while earlier payloads are still referenced) the buffer
-            // so that every read can take a full chunk.
-            self.rbuf.reserve(self.read_chunk);
+            // Room for a good read: compacts the buffer, or replaces it while earlier payloads
+            // still point into it. Reads go on into the tail of the current buffer as long as
+            // it has half a chunk left, so small messages do not cost an allocation each.
+            if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 2 {
+                self.rbuf.reserve(self.read_chunk);
+            }
             let room = self.rbuf.capacity() - self.rbuf.len();
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
                 Poll::Ready(Ok(0)) if self.close_sent => return Poll::Ready(None),
@@ -342,6 +346,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         Ok(())
     }
 
+    /// Queues one text message given as pieces written one after the other (the envelope
+    /// around a client's bytes), without joining them first.
+    pub fn start_send_text_parts(&mut self, parts: &[&[u8]]) {
+        if !self.close_sent {
+            self.encode_frame(0x1, parts);
+        }
+    }
+
     /// Writes everything queued.
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
         match self.poll_write_out(cx) {
@@ -383,7 +395,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
 
     fn encode(&mut self, msg: &Message) {
         match msg {
-            Message::Text(b) => self.encode_frame(0x1, &[b]),
+            Message::Text(t) => self.encode_frame(0x1, &[t.as_bytes()]),
             Message::Binary(b) => self.encode_frame(0x2, &[b]),
             Message::Ping(b) => self.encode_frame(0x9, &[b]),
             Message::Pong(b) => self.encode_frame(0xA, &[b]),
@@ -453,8 +465,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
 fn whole(op: u8, payload: BytesMut) -> Result<Message, WsError> {
     let data = payload.freeze();
     if op == 0x1 {
-        std::str::from_utf8(&data).map_err(|_| WsError::Utf8)?;
-        Ok(Message::Text(data))
+        Ok(Message::Text(
+            Utf8Bytes::try_from(data).map_err(|_| WsError::Utf8)?,
+        ))
     } else {
         Ok(Message::Binary(data))
     }
@@ -554,7 +567,7 @@ mod tests {
             b.write_all(&[byte]).await.unwrap();
         }
         match next(&mut ws).await {
-            Some(Ok(Message::Text(t))) => assert_eq!(&t[..], "héllo".as_bytes()),
+            Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "héllo"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(next(&mut ws).await, Some(Ok(Message::Ping(p))) if &p[..] == b"p"));
@@ -631,7 +644,9 @@ mod tests {
         client.send(Message::Binary(big.clone())).await.unwrap();
         client.send(Message::text("hi")).await.unwrap();
         assert!(matches!(next(&mut server).await, Some(Ok(Message::Binary(b))) if b == big));
-        assert!(matches!(next(&mut server).await, Some(Ok(Message::Text(t))) if &t[..] == b"hi"));
+        assert!(
+            matches!(next(&mut server).await, Some(Ok(Message::Text(t))) if t.as_str() == "hi")
+        );
         client.send(Message::close(1000, "bye")).await.unwrap();
         match next(&mut server).await {
             Some(Ok(Message::Close(Some(f)))) => {
