@@ -1,6 +1,7 @@
 //! The client-facing listener: HTTP/1.1 upgrade on `/ws`, checked before the upgrade (bad
 //! query → 400, connection limit → 503, anything that is not a WebSocket upgrade → 400), then
-//! one task per connection.
+//! one task per connection, on per-CPU event loops. The `101` goes out once the connection is
+//! routed, in one write with `connection_routed` (or with the error event when routing fails).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;

@@ -233,6 +233,8 @@ async fn known_traffic_gives_exact_counts() {
             ..Default::default()
         })
         .await;
+    // The completed count is read from the store and the live counts from the replica's
+    // watched view of it, which follows a few milliseconds later: wait for both.
     let o = wait::until("two sessions completed", WAIT, || {
         let mut stats = stats.clone();
         async move {
@@ -241,7 +243,11 @@ async fn known_traffic_gives_exact_counts() {
                 .await
                 .ok()?
                 .into_inner();
-            (o.sessions.as_ref()?.completed_today == 2).then_some(o)
+            let s = o.sessions.as_ref()?;
+            let done = s.completed_today == 2
+                && s.active == N - 2
+                && o.connections.as_ref()?.active == N - 2;
+            done.then_some(o)
         }
     })
     .await;
