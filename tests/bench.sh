@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 SECS="${SECONDS_PER_RUN:-3}"
 ROUNDS="${ROUNDS:-3}"
-SCEN="${SCENARIOS:-pp100-64,pp100-4k,pp1000-64,stream100x16-4k,connect2000}"
+SCEN="${SCENARIOS:-pp100-64,pp100-4k,pp1000-64,stream100x16-4k,connect2000,idle2000}"
 
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   echo "bench: installing nginx-light from Debian's packages" >&2

@@ -262,6 +262,8 @@ struct Outcome {
     p99_us: f64,
     cpu_us_per_msg: Option<f64>,
     errors: u64,
+    /// Resident memory the targets' processes grew by per open idle connection.
+    rss_per_conn: Option<f64>,
 }
 
 /// `conns` connections each ping-pong `size`-byte messages for `dur` after `warm`.
@@ -340,6 +342,7 @@ async fn pingpong(
         cpu_us_per_msg: (!t.pids.is_empty() && msgs > 0)
             .then(|| (cpu1 - cpu0) as f64 / msgs as f64),
         errors: errors.load(Ordering::Relaxed),
+        rss_per_conn: None,
     })
 }
 
@@ -428,13 +431,14 @@ async fn stream(
         cpu_us_per_msg: (!t.pids.is_empty() && msgs > 0)
             .then(|| (cpu1 - cpu0) as f64 / msgs as f64),
         errors: errors.load(Ordering::Relaxed),
+        rss_per_conn: None,
     })
 }
 
 /// Opens `total` connections, `parallel` at a time (each ready to relay: for myagent-proxy
-/// that includes the upstream connect and `connection_routed`), then closes them.
-async fn connect_storm(t: &Target, total: usize, parallel: usize) -> anyhow::Result<Outcome> {
-    let cpu0 = cpu_us(&t.pids);
+/// that includes the upstream connect and `connection_routed`). Returns them, the time it
+/// took and the failures.
+async fn open_many(t: &Target, total: usize, parallel: usize) -> (Vec<Ws>, f64, u64) {
     let t0 = Instant::now();
     let errors = Arc::new(AtomicU64::new(0));
     let held = Arc::new(tokio::sync::Mutex::new(Vec::with_capacity(total)));
@@ -457,13 +461,23 @@ async fn connect_storm(t: &Target, total: usize, parallel: usize) -> anyhow::Res
         let _ = task.await;
     }
     let secs = t0.elapsed().as_secs_f64();
-    let cpu1 = cpu_us(&t.pids);
-    let mut all = std::mem::take(&mut *held.lock().await);
-    let n = all.len() as u64;
+    let all = std::mem::take(&mut *held.lock().await);
+    (all, secs, errors.load(Ordering::Relaxed))
+}
+
+async fn close_all(mut all: Vec<Ws>) {
     for ws in all.iter_mut() {
         let _ = ws.close(None).await;
     }
-    drop(all);
+}
+
+/// A connect storm: `total` connections opened, `parallel` at a time, then closed.
+async fn connect_storm(t: &Target, total: usize, parallel: usize) -> anyhow::Result<Outcome> {
+    let cpu0 = cpu_us(&t.pids);
+    let (all, secs, errors) = open_many(t, total, parallel).await;
+    let cpu1 = cpu_us(&t.pids);
+    let n = all.len() as u64;
+    close_all(all).await;
     Ok(Outcome {
         msgs: n,
         bytes: 0,
@@ -471,7 +485,43 @@ async fn connect_storm(t: &Target, total: usize, parallel: usize) -> anyhow::Res
         p50_us: 0.0,
         p99_us: 0.0,
         cpu_us_per_msg: (!t.pids.is_empty() && n > 0).then(|| (cpu1 - cpu0) as f64 / n as f64),
-        errors: errors.load(Ordering::Relaxed),
+        errors,
+        rss_per_conn: None,
+    })
+}
+
+/// Resident memory of the given processes, in bytes (`VmRSS` of /proc/PID/status).
+fn rss_bytes(pids: &[u32]) -> Option<u64> {
+    let mut total = 0;
+    for p in pids {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        total += line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024;
+    }
+    Some(total)
+}
+
+/// `total` idle connections held open: how much the targets' resident memory grew per
+/// connection (read after a settling second, before they close).
+async fn idle_memory(t: &Target, total: usize, parallel: usize) -> anyhow::Result<Outcome> {
+    let before = rss_bytes(&t.pids);
+    let (all, secs, errors) = open_many(t, total, parallel).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_bytes(&t.pids);
+    let n = all.len() as u64;
+    close_all(all).await;
+    Ok(Outcome {
+        msgs: n,
+        bytes: 0,
+        secs,
+        p50_us: 0.0,
+        p99_us: 0.0,
+        cpu_us_per_msg: None,
+        errors,
+        rss_per_conn: before
+            .zip(after)
+            .filter(|_| n > 0 && !t.pids.is_empty())
+            .map(|(b, a)| a.saturating_sub(b) as f64 / n as f64),
     })
 }
 
@@ -486,7 +536,7 @@ async fn run(args: &[String]) -> anyhow::Result<()> {
     let dur = Duration::from_secs_f64(secs);
     let warm = Duration::from_secs_f64((secs / 3.0).max(0.5));
     let scenarios: Vec<&str> = flag(args, "--scenarios")
-        .unwrap_or("pp1-64,pp100-64,pp100-4k,pp1000-64,stream100x16-4k,connect2000")
+        .unwrap_or("pp1-64,pp100-64,pp100-4k,pp1000-64,stream100x16-4k,connect2000,idle2000")
         .split(',')
         .collect();
     // Each scenario runs `rounds` times, the targets in a rotated order each round (so no
@@ -537,6 +587,7 @@ async fn run_one(sc: &str, t: &Target, warm: Duration, dur: Duration) -> anyhow:
         "pp1000-4k" => pingpong(t, 1000, 4096, warm, dur).await,
         "stream100x16-4k" => stream(t, 100, 16, 4096, warm, dur).await,
         "connect2000" => connect_storm(t, 2000, 100).await,
+        "idle2000" => idle_memory(t, 2000, 100).await,
         other => anyhow::bail!("unknown scenario {other}"),
     }
 }
@@ -556,21 +607,24 @@ fn print_table(table: &[(String, Vec<(String, Outcome)>)]) {
         let nginx: HashMap<&str, &Outcome> = row.iter().map(|(n, o)| (n.as_str(), o)).collect();
         let ng = nginx.get("nginx");
         println!(
-            "| target | msgs/s (or conn/s) | MB/s | p50 µs | p99 µs | CPU µs/msg | errors | rate ÷ {} | rate ÷ nginx |",
+            "| target | msgs/s (or conn/s) | MB/s | p50 µs | p99 µs | CPU µs/msg | idle RSS B/conn | errors | rate ÷ {} | rate ÷ nginx |",
             row[0].0
         );
-        println!("|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
         for (name, o) in row {
             let rate = o.msgs as f64 / o.secs;
             let mbs = o.bytes as f64 / o.secs / 1e6;
             let base_rate = base.msgs as f64 / base.secs;
             let ng_rate = ng.map(|n| n.msgs as f64 / n.secs).unwrap_or(0.0);
             println!(
-                "| {name} | {rate:.0} | {mbs:.1} | {:.1} | {:.1} | {} | {} | {} | {} |",
+                "| {name} | {rate:.0} | {mbs:.1} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
                 o.p50_us,
                 o.p99_us,
                 o.cpu_us_per_msg
                     .map(|c| format!("{c:.2}"))
+                    .unwrap_or_else(|| "-".into()),
+                o.rss_per_conn
+                    .map(|r| format!("{r:.0}"))
                     .unwrap_or_else(|| "-".into()),
                 o.errors,
                 ratio(rate, base_rate),

@@ -352,7 +352,7 @@ pub fn run_command(shared: &Shared, c: pb::ProxyCommand) -> pb::CommandResult {
                     reason: d.reason,
                     notify: d.notify_client,
                 };
-                if entry.cmd.try_send(cmd).is_ok() {
+                if entry.cmd.send(cmd) {
                     res.delivered = 1;
                 } else {
                     res.ok = false;
@@ -378,7 +378,7 @@ pub fn run_command(shared: &Shared, c: pb::ProxyCommand) -> pb::CommandResult {
                 if !n.service_id.is_empty() && entry.stats.route().service_id != n.service_id {
                     continue;
                 }
-                if entry.cmd.try_send(ConnCommand::Notify(ev.clone())).is_ok() {
+                if entry.cmd.send(ConnCommand::Notify(ev.clone())) {
                     res.delivered += 1;
                 }
             }

@@ -205,6 +205,8 @@ where
     shared.metrics.connections_total.inc();
     let mut ws = WsStream::new(io, Role::Server, conn::limits(&shared), &buf[head.len..]);
     ws.queue_raw(&handshake::switching_protocols(&accept));
+    // Not needed any more: give their memory back for the connection's life.
+    drop((buf, head));
     let acc = Accepted {
         req,
         client_ip: peer.ip(),

@@ -1,13 +1,16 @@
 //! State shared by the listeners, the connection tasks and the control-plane client.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::conn::ws::Utf8Bytes;
+use futures::task::AtomicWaker;
 use myagent_proto::v1 as pb;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
+
+use crate::conn::ws::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::load::Load;
@@ -30,6 +33,52 @@ pub struct Settings {
     pub drain_timeout: Duration,
     pub report_interval: Duration,
     pub shutdown_grace: Duration,
+}
+
+/// A connection's mailbox for control-plane commands: a short queue and the waker of the
+/// connection's task. It allocates nothing until a command arrives (a channel per connection
+/// would hold a block of slots for the connection's whole life).
+#[derive(Debug, Default)]
+pub struct Commands {
+    queue: Mutex<VecDeque<ConnCommand>>,
+    waker: AtomicWaker,
+    closed: AtomicBool,
+}
+
+/// Commands a connection may have waiting; beyond them it counts as busy.
+const MAX_QUEUED_COMMANDS: usize = 16;
+
+impl Commands {
+    /// Queues a command for the connection; false when it is closing or has too many waiting.
+    pub fn send(&self, c: ConnCommand) -> bool {
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if self.closed.load(Ordering::Acquire) || q.len() >= MAX_QUEUED_COMMANDS {
+            return false;
+        }
+        q.push_back(c);
+        drop(q);
+        self.waker.wake();
+        true
+    }
+
+    /// The next command, or Pending (the task is woken when one arrives).
+    pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<ConnCommand> {
+        self.waker.register(cx.waker());
+        match self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+        {
+            Some(c) => Poll::Ready(c),
+            None => Poll::Pending,
+        }
+    }
+
+    /// The connection ended: later commands are refused.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
 }
 
 /// Something the control plane asks a connection to do.
@@ -156,7 +205,7 @@ pub fn ts(t: SystemTime) -> prost_types::Timestamp {
 
 #[derive(Debug)]
 pub struct ConnEntry {
-    pub cmd: mpsc::Sender<ConnCommand>,
+    pub cmd: Arc<Commands>,
     pub stats: Arc<ConnStats>,
 }
 
@@ -278,7 +327,7 @@ impl Shared {
             .push(stats);
     }
 
-    pub fn register(&self, stats: Arc<ConnStats>, cmd: mpsc::Sender<ConnCommand>) {
+    pub fn register(&self, stats: Arc<ConnStats>, cmd: Arc<Commands>) {
         let id = stats.connection_id.clone();
         self.conns
             .lock()
@@ -303,5 +352,34 @@ impl Shared {
         {
             f(&e.stats);
         }
+    }
+}
+
+#[cfg(test)]
+mod commands_tests {
+    use super::*;
+
+    fn notify(n: u8) -> ConnCommand {
+        ConnCommand::Notify(Utf8Bytes::from(format!("{n}")))
+    }
+
+    #[test]
+    fn commands_queue_in_order_bounded_and_stop_at_close() {
+        let c = Commands::default();
+        for i in 0..16 {
+            assert!(c.send(notify(i)));
+        }
+        assert!(!c.send(notify(16)), "a 17th waiting command is refused");
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        for i in 0..16u8 {
+            match c.poll_recv(&mut cx) {
+                Poll::Ready(ConnCommand::Notify(t)) => assert_eq!(t.as_str(), i.to_string()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(c.poll_recv(&mut cx).is_pending());
+        c.close();
+        assert!(!c.send(notify(0)), "refused once the connection ended");
     }
 }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::events;
 use crate::routing::{Decision, RouteError, RouteRequest};
-use crate::state::{ConnStats, RouteInfo, Shared};
+use crate::state::{Commands, ConnStats, RouteInfo, Shared};
 use upstream::{Forwarded, Upstream};
 use ws::{Limits, Message, WsStream};
 
@@ -208,8 +208,8 @@ where
         shared.now_ms(),
         route,
     ));
-    let (cmd_tx, cmd_rx) = tokio::sync::mpsc::channel(16);
-    shared.register(stats.clone(), cmd_tx);
+    let commands = Arc::new(Commands::default());
+    shared.register(stats.clone(), commands.clone());
     shared.load.connection_opened(&svc.id, new_session);
     // Only a new or moved binding is written: re-writing the one just read could undo a removal
     // the control plane applied meanwhile (the session completed).
@@ -243,10 +243,11 @@ where
         decision,
         session_id.clone(),
         acc,
-        cmd_rx,
+        commands.clone(),
         routed_ev,
     );
     let final_service = relay.run().await;
+    commands.close();
 
     shared.unregister(&stats.connection_id);
     shared.load.connection_closed(&final_service);

@@ -16,7 +16,6 @@ use futures::Stream;
 use myagent_proto::v1 as pb;
 use prometheus::local::LocalHistogram;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::time::{Interval, MissedTickBehavior, Sleep};
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
@@ -28,7 +27,7 @@ use crate::envelope::Envelope;
 use crate::events;
 use crate::routing::{Decision, RouteError};
 use crate::snapshot::{Service, Snapshot};
-use crate::state::{ConnCommand, ConnStats, RouteInfo, Shared};
+use crate::state::{Commands, ConnCommand, ConnStats, RouteInfo, Shared};
 
 type SwitchFuture = Pin<Box<dyn Future<Output = Result<(Decision, Upstream), RouteError>> + Send>>;
 
@@ -99,7 +98,7 @@ pub struct Relay<C> {
     /// The client initiated the close: tungstenite answers it, we must not send another.
     client_closed: bool,
     phase: Phase,
-    cmd_rx: mpsc::Receiver<ConnCommand>,
+    commands: Arc<Commands>,
     config: WatchStream<Arc<Snapshot>>,
     tick: Interval,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
@@ -164,10 +163,6 @@ fn push_bounded(
     }
 }
 
-fn close_msg(code: u16, reason: &str) -> Message {
-    Message::close(code, reason)
-}
-
 /// A close frame received from a peer, made safe to send on (reserved codes cannot be sent).
 fn relayable(frame: Option<CloseFrame>) -> Message {
     match frame {
@@ -192,7 +187,7 @@ where
         decision: Decision,
         session_id: String,
         acc: Accepted,
-        cmd_rx: mpsc::Receiver<ConnCommand>,
+        commands: Arc<Commands>,
         routed_event: String,
     ) -> Self {
         let idle = shared.settings.idle_timeout;
@@ -211,7 +206,7 @@ where
             fired: AtomicBool::new(true),
             task: AtomicWaker::new(),
         });
-        let mut to_client = VecDeque::with_capacity(4);
+        let mut to_client = VecDeque::new();
         to_client.push_back(Message::text(routed_event));
         let mut r = Relay {
             stats,
@@ -222,10 +217,10 @@ where
             session_id,
             acc,
             envelope: None,
-            to_up: VecDeque::with_capacity(4),
+            to_up: VecDeque::new(),
             to_up_bytes: 0,
             up_ctrl: None,
-            unacked: VecDeque::with_capacity(4),
+            unacked: VecDeque::new(),
             unacked_bytes: 0,
             to_client,
             flush_up: false,
@@ -234,7 +229,7 @@ where
             up_done: false,
             client_closed: false,
             phase: Phase::Relay,
-            cmd_rx,
+            commands,
             config,
             tick,
             shutdown,
@@ -458,7 +453,7 @@ where
         let cx = &mut ccx;
         let ev = if !self.shutting_down && self.shutdown.as_mut().poll(cx).is_ready() {
             Ev::Shutdown
-        } else if let Poll::Ready(Some(c)) = self.cmd_rx.poll_recv(cx) {
+        } else if let Poll::Ready(c) = self.commands.poll_recv(cx) {
             Ev::Cmd(c)
         } else if let Poll::Ready(Some(s)) = Pin::new(&mut self.config).poll_next(cx) {
             Ev::Config(s)
@@ -482,7 +477,7 @@ where
             Ev::ClientEnd => {
                 self.client_done = true;
                 if !self.is_closing() {
-                    self.begin_close(None, Some(close_msg(1001, "client went away")));
+                    self.begin_close(None, Some(Message::close(1001, "client went away")));
                 }
             }
             Ev::UpMsg(m) => self.on_up_msg(m),
@@ -498,8 +493,8 @@ where
                 self.shutting_down = true;
                 if !self.is_closing() {
                     self.begin_close(
-                        Some(close_msg(1001, "proxy shutting down")),
-                        Some(close_msg(1001, "proxy shutting down")),
+                        Some(Message::close(1001, "proxy shutting down")),
+                        Some(Message::close(1001, "proxy shutting down")),
                     );
                 }
             }
@@ -562,8 +557,8 @@ where
                 events::error("INSUFFICIENT_RESOURCES", &msg, true).into(),
             ));
             self.begin_close(
-                Some(close_msg(1013, "failover buffer full")),
-                Some(close_msg(1001, "client disconnected")),
+                Some(Message::close(1013, "failover buffer full")),
+                Some(Message::close(1001, "client disconnected")),
             );
         }
     }
@@ -596,8 +591,8 @@ where
             events::error("INVALID_REQUEST", &what, false).into(),
         ));
         self.begin_close(
-            Some(close_msg(code, text)),
-            Some(close_msg(1001, "client disconnected")),
+            Some(Message::close(code, text)),
+            Some(Message::close(1001, "client disconnected")),
         );
     }
 
@@ -606,7 +601,7 @@ where
         tracing::debug!(connection_id = %self.acc.connection_id, error = %e, "client connection lost");
         self.client_done = true;
         if !self.is_closing() {
-            self.begin_close(None, Some(close_msg(1001, "client went away")));
+            self.begin_close(None, Some(Message::close(1001, "client went away")));
         }
     }
 
@@ -690,23 +685,16 @@ where
                     let ev = events::connection_closed(&self.acc.connection_id, &reason);
                     self.to_client.push_back(Message::Text(ev.into()));
                 }
-                // Close reasons are limited to 123 bytes by the protocol.
-                let mut r = reason.as_str();
-                while r.len() > 123 {
-                    let mut cut = 123;
-                    while !r.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    r = &r[..cut];
-                }
+                // (The endpoint cuts reasons to the protocol's 123 bytes.)
+                let r = reason.as_str();
                 let r = if r.is_empty() {
                     "disconnected by administrator"
                 } else {
                     r
                 };
                 self.begin_close(
-                    Some(close_msg(1000, r)),
-                    Some(close_msg(1000, "client disconnected by administrator")),
+                    Some(Message::close(1000, r)),
+                    Some(Message::close(1000, "client disconnected by administrator")),
                 );
             }
         }
@@ -741,7 +729,7 @@ where
             .drain_timeout
             .unwrap_or(self.shared.settings.drain_timeout);
         tracing::info!(connection_id = %self.acc.connection_id, service = %self.service.name, reason, "draining upstream");
-        self.up_ctrl = Some(close_msg(1001, "service switching"));
+        self.up_ctrl = Some(Message::close(1001, "service switching"));
         self.phase = Phase::Draining {
             deadline: Box::pin(tokio::time::sleep(timeout)),
             reason,
@@ -765,8 +753,8 @@ where
         if now.saturating_sub(last) >= idle.as_millis() as u64 {
             tracing::debug!(connection_id = %self.acc.connection_id, "idle timeout");
             self.begin_close(
-                Some(close_msg(1001, "idle timeout")),
-                Some(close_msg(1000, "client idle timeout")),
+                Some(Message::close(1001, "idle timeout")),
+                Some(Message::close(1000, "client idle timeout")),
             );
         }
     }
@@ -904,8 +892,10 @@ where
                     .push_back(Message::Text(events::error(e.code(), &msg, true).into()));
                 let close = match last_close {
                     Some(f) if !matches!(f.code, 1005 | 1006 | 1015) => Message::Close(Some(f)),
-                    _ if reason == "upstream_closed" => close_msg(1011, "upstream connection lost"),
-                    _ => close_msg(1001, reason),
+                    _ if reason == "upstream_closed" => {
+                        Message::close(1011, "upstream connection lost")
+                    }
+                    _ => Message::close(1001, reason),
                 };
                 self.up_done = true;
                 self.begin_close(Some(close), None);

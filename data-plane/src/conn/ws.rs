@@ -129,10 +129,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         }
     }
 
-    pub fn get_ref(&self) -> &S {
-        &self.io
-    }
-
     /// Queues bytes to go out ahead of the next frames (the `101` of the handshake).
     pub fn queue_raw(&mut self, bytes: &[u8]) {
         self.wbuf.extend_from_slice(bytes);
@@ -678,6 +674,24 @@ mod tests {
         let mut head = [0u8; 4];
         b.read_exact(&mut head).await.unwrap();
         assert_eq!(head, [0x88, 16, 0x03, 0xEA]);
+    }
+
+    #[tokio::test]
+    async fn long_close_reasons_are_cut_at_a_character() {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut ws = WsStream::new(a, Role::Server, LIMITS, b"");
+        ws.send(Message::close(1000, &"é".repeat(100)))
+            .await
+            .unwrap();
+        let mut head = [0u8; 2];
+        b.read_exact(&mut head).await.unwrap();
+        assert_eq!(head[0], 0x88);
+        let len = usize::from(head[1]);
+        assert!(len <= 125, "{len}");
+        let mut payload = vec![0u8; len];
+        b.read_exact(&mut payload).await.unwrap();
+        let reason = std::str::from_utf8(&payload[2..]).unwrap();
+        assert_eq!(reason, "é".repeat(61));
     }
 
     #[tokio::test]
