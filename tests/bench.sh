@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 
 SECS="${SECONDS_PER_RUN:-3}"
 ROUNDS="${ROUNDS:-3}"
-SCEN="${SCENARIOS:-pp100-64,pp100-4k,pp1000-64,stream100x16-4k,connect2000,idle2000}"
+SCEN="${SCENARIOS:-pp100-64,pp100-4k,pp1000-64,stream100x16-4k,connect2000}"
 
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   echo "bench: installing nginx-light from Debian's packages" >&2
@@ -103,6 +103,13 @@ T_NGINX="nginx=ws://127.0.0.1:$NPORT/@$NGINX_PIDS"
 echo "# wsbench $(date -u +%FT%TZ) $(nproc) vCPU, ${SECS}s per run, median of $ROUNDS rounds; agent=$AGENT proxy=$PROXY nginx=127.0.0.1:$NPORT"
 
 ulimit -n 65536 2>/dev/null || true
+# Resident memory per idle connection, first, while every process is fresh (memory freed by
+# earlier rows would be reused and hide the growth); one round, the envelope target only
+# (both proxy targets are one process).
+echo "# resident memory per idle connection (fresh processes, 2000 connections held 1 s)"
+"$WSB" run --seconds "$SECS" --rounds 1 --scenarios idle2000 \
+  --target "$T_DIRECT" --target "$T_PROXY" --target "$T_NGINX"
+
 # Multi-connection rows: every process free to use both vCPUs.
 "$WSB" run --seconds "$SECS" --rounds "$ROUNDS" --scenarios "$SCEN" \
   --target "$T_DIRECT" --target "$T_PROXY" --target "$T_RAW" --target "$T_NGINX"
