@@ -188,7 +188,7 @@ where
             tracing::info!(connection_id = %acc.connection_id, code = e.code(), message = e.message(), "routing failed");
             let recoverable = matches!(e, RouteError::InsufficientResources(_));
             let ev = events::error(e.code(), e.message(), recoverable);
-            let _ = client.start_send(Message::text(ev));
+            client.start_send(Message::text(ev));
             let _ = client.send(Message::close(1013, e.code())).await;
             // Let the close handshake finish (bounded) so the client sees the frame.
             let _ = tokio::time::timeout(Duration::from_secs(2), client.finish()).await;

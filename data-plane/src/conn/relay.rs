@@ -348,9 +348,7 @@ where
                     }
                 };
                 if let Some(msg) = msg {
-                    if let Err(e) = up.start_send(msg) {
-                        return Poll::Ready(Ev::UpError(e));
-                    }
+                    up.start_send(msg);
                 }
                 self.flush_up = true;
             }
@@ -367,9 +365,7 @@ where
                 let Some(m) = self.to_client.pop_front() else {
                     break;
                 };
-                if let Err(e) = self.client.start_send(m) {
-                    return Poll::Ready(Ev::ClientError(e));
-                }
+                self.client.start_send(m);
                 self.flush_client = true;
             }
         }

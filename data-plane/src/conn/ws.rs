@@ -334,12 +334,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         }
     }
 
-    /// Queues one message. Anything after our close frame is dropped (the protocol forbids it).
-    pub fn start_send(&mut self, msg: Message) -> Result<(), WsError> {
+    /// Queues one message (errors surface when it is written). Anything after our close frame
+    /// is dropped (the protocol forbids it).
+    pub fn start_send(&mut self, msg: Message) {
         if !self.close_sent {
             self.encode(&msg);
         }
-        Ok(())
     }
 
     /// Queues one text message given as pieces written one after the other (the envelope
@@ -361,7 +361,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     /// Queues and writes one message.
     pub async fn send(&mut self, msg: Message) -> Result<(), WsError> {
         std::future::poll_fn(|cx| self.poll_ready(cx)).await?;
-        self.start_send(msg)?;
+        self.start_send(msg);
         std::future::poll_fn(|cx| self.poll_flush(cx)).await
     }
 
@@ -668,8 +668,7 @@ mod tests {
             next(&mut ws).await,
             Some(Err(WsError::Protocol(_)))
         ));
-        ws.start_send(Message::close(1002, "protocol error"))
-            .unwrap();
+        ws.start_send(Message::close(1002, "protocol error"));
         assert!(next(&mut ws).await.is_none());
         let mut head = [0u8; 4];
         b.read_exact(&mut head).await.unwrap();
