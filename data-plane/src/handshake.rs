@@ -107,6 +107,8 @@ pub struct Reject {
     pub code: &'static str,
     pub message: String,
     pub field: Option<String>,
+    /// An extra response header line (`Name: value`).
+    pub header: Option<&'static str>,
 }
 
 impl Reject {
@@ -116,7 +118,13 @@ impl Reject {
             code,
             message: message.into(),
             field: None,
+            header: None,
         }
+    }
+
+    pub fn header(mut self, line: &'static str) -> Self {
+        self.header = Some(line);
+        self
     }
 
     pub fn field(mut self, field: impl Into<String>) -> Self {
@@ -132,14 +140,9 @@ impl Reject {
         }
         let body = json!({"success": false, "error": {"code": self.code, "message": self.message, "details": details}})
             .to_string();
-        // A client with the wrong version learns the one we speak (RFC 6455 §4.4).
-        let version = if self.field.as_deref() == Some("sec-websocket-version") {
-            "Sec-WebSocket-Version: 13\r\n"
-        } else {
-            ""
-        };
+        let extra = self.header.map(|h| format!("{h}\r\n")).unwrap_or_default();
         format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{version}\r\n{body}",
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n{body}",
             self.status.as_u16(),
             self.status.canonical_reason().unwrap_or(""),
             body.len()
@@ -214,5 +217,12 @@ mod tests {
         assert_eq!(v["error"]["code"], "INVALID_REQUEST");
         assert_eq!(v["error"]["details"]["field"], "tag");
         assert_eq!(v["success"], false);
+        let r = Reject::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", "v")
+            .header("Sec-WebSocket-Version: 13");
+        let text = String::from_utf8(r.to_bytes()).unwrap();
+        assert!(
+            text.contains("\r\nSec-WebSocket-Version: 13\r\n\r\n{"),
+            "{text}"
+        );
     }
 }

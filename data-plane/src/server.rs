@@ -383,7 +383,9 @@ fn check_upgrade(
             "INVALID_REQUEST",
             "Unsupported Sec-WebSocket-Version (13 required)",
         )
-        .field("sec-websocket-version"));
+        .field("sec-websocket-version")
+        // The client learns the version we speak (RFC 6455 §4.4).
+        .header("Sec-WebSocket-Version: 13"));
     }
     let Some(key) = h.get(header::SEC_WEBSOCKET_KEY).filter(|k| k.len() == 24) else {
         return Err(Reject::new(
