@@ -254,6 +254,7 @@ impl Outcome {
     }
 }
 
+#[derive(Default)]
 struct Outcome {
     msgs: u64,
     bytes: u64,
@@ -342,7 +343,7 @@ async fn pingpong(
         cpu_us_per_msg: (!t.pids.is_empty() && msgs > 0)
             .then(|| (cpu1 - cpu0) as f64 / msgs as f64),
         errors: errors.load(Ordering::Relaxed),
-        rss_per_conn: None,
+        ..Default::default()
     })
 }
 
@@ -426,12 +427,10 @@ async fn stream(
         msgs,
         bytes: msgs * size as u64,
         secs,
-        p50_us: 0.0,
-        p99_us: 0.0,
         cpu_us_per_msg: (!t.pids.is_empty() && msgs > 0)
             .then(|| (cpu1 - cpu0) as f64 / msgs as f64),
         errors: errors.load(Ordering::Relaxed),
-        rss_per_conn: None,
+        ..Default::default()
     })
 }
 
@@ -480,13 +479,10 @@ async fn connect_storm(t: &Target, total: usize, parallel: usize) -> anyhow::Res
     close_all(all).await;
     Ok(Outcome {
         msgs: n,
-        bytes: 0,
         secs,
-        p50_us: 0.0,
-        p99_us: 0.0,
         cpu_us_per_msg: (!t.pids.is_empty() && n > 0).then(|| (cpu1 - cpu0) as f64 / n as f64),
         errors,
-        rss_per_conn: None,
+        ..Default::default()
     })
 }
 
@@ -512,16 +508,13 @@ async fn idle_memory(t: &Target, total: usize, parallel: usize) -> anyhow::Resul
     close_all(all).await;
     Ok(Outcome {
         msgs: n,
-        bytes: 0,
         secs,
-        p50_us: 0.0,
-        p99_us: 0.0,
-        cpu_us_per_msg: None,
         errors,
         rss_per_conn: before
             .zip(after)
             .filter(|_| n > 0 && !t.pids.is_empty())
             .map(|(b, a)| a.saturating_sub(b) as f64 / n as f64),
+        ..Default::default()
     })
 }
 
