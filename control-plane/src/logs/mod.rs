@@ -149,6 +149,13 @@ impl LogHub {
             message.truncate(cut);
             message.push_str(" …[truncated]");
         }
+        // Stamped under the writers' lock: the stdout and stderr readers and the manager write
+        // concurrently, and a file (and the live feed) must be in timestamp order.
+        let mut writers = self
+            .inner
+            .writers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let entry = LogEntry {
             timestamp: Utc::now(),
             level,
@@ -160,7 +167,7 @@ impl LogHub {
         };
         match serde_json::to_vec(&entry) {
             Ok(bytes) => {
-                if let Err(e) = self.append(service_id, &bytes) {
+                if let Err(e) = self.append(&mut writers, service_id, &bytes) {
                     tracing::warn!(service = service_id, error = %e, "cannot write log line");
                 }
             }
@@ -170,12 +177,12 @@ impl LogHub {
         let _ = self.inner.live.send(Arc::new(entry));
     }
 
-    fn append(&self, service_id: &str, bytes: &[u8]) -> std::io::Result<()> {
-        let mut writers = self
-            .inner
-            .writers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn append(
+        &self,
+        writers: &mut HashMap<String, files::Writer>,
+        service_id: &str,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
         if !writers.contains_key(service_id) {
             let w = files::Writer::open(self.inner.dir.join(service_id))?;
             writers.insert(service_id.to_string(), w);
@@ -277,6 +284,35 @@ mod tests {
 
     fn hub(dir: &std::path::Path, cfg: LogConfig) -> LogHub {
         LogHub::open(dir.join("logs"), cfg).unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_keep_a_file_in_time_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let h = hub(tmp.path(), LogConfig::default());
+        // The stdout and stderr readers and the manager write at the same time.
+        std::thread::scope(|s| {
+            for source in [Source::Stdout, Source::Stderr, Source::Stdout] {
+                let h = &h;
+                s.spawn(move || {
+                    for i in 0..300 {
+                        h.capture("svc1", "one", source, &format!("line {i}"));
+                    }
+                });
+            }
+        });
+        let (all, total) = h
+            .query(
+                "svc1",
+                LogQuery {
+                    limit: 1000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!((total, all.len()), (900, 900));
+        assert!(all.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
     }
 
     #[tokio::test]
