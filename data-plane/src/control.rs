@@ -21,7 +21,7 @@ use crate::backoff::Backoff;
 use crate::error::{Error, Result};
 use crate::events;
 use crate::snapshot::Snapshot;
-use crate::state::{ConnCommand, Shared};
+use crate::state::{unix_ms, ConnCommand, Shared};
 
 /// Minimum spacing of reports sent ahead of the tick for new sessions: a connect storm costs at
 /// most one extra report per gap.
@@ -438,7 +438,7 @@ pub fn collect_report(shared: &Shared) -> Option<pb::Report> {
         fold(s.route().service_id, s.take_delta(), &mut totals);
     }
     let mut updated = Vec::new();
-    let now_ms = shared.now_ms();
+    let now_ms = unix_ms();
     shared.for_each_live(|s| {
         let d = s.take_delta();
         if d.iter().any(|x| *x > 0) {

@@ -1,12 +1,11 @@
 //! The `proxy_metadata` envelope around client→agent text frames (seed §2.2), written around
-//! the client's raw JSON bytes: the message is validated with a borrowing parser (`RawValue`),
-//! never parsed into a tree and re-serialised. Buffers are reused across messages.
+//! the client's raw JSON bytes: the message's syntax is checked ([`crate::json`]), never parsed
+//! into a tree and re-serialised. Buffers are reused across messages.
 
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde_json::value::RawValue;
 
 /// Per-connection envelope writer: the constant parts are rendered once.
 #[derive(Debug)]
@@ -57,9 +56,9 @@ impl Envelope {
         self.buf.put_slice(&self.head);
         write_timestamp(&mut self.buf);
         self.buf.put_slice(&self.mid);
-        match serde_json::from_str::<&RawValue>(text) {
-            Ok(raw) => [&self.buf[..], raw.get().as_bytes(), b"}"],
-            Err(_) => {
+        match crate::json::value_span(text) {
+            Some((start, end)) => [&self.buf[..], &text.as_bytes()[start..end], b"}"],
+            None => {
                 write_json_string(&mut self.buf, text);
                 [&self.buf[..], b"}", b""]
             }

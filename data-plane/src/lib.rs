@@ -13,6 +13,7 @@ pub mod envelope;
 pub mod error;
 pub mod events;
 pub mod handshake;
+pub mod json;
 pub mod load;
 pub mod metrics;
 pub mod routing;
@@ -25,7 +26,7 @@ pub mod strategy;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -194,7 +195,6 @@ pub async fn bind(cli: Cli) -> Result<Bound> {
         pending: Mutex::new(Default::default()),
         service_errors: Mutex::new(Default::default()),
         active: AtomicUsize::new(0),
-        now_ms: AtomicU64::new(state::unix_ms()),
         control_channel: RwLock::new(None),
         token: cli.token.clone().filter(|t| !t.is_empty()),
         report_soon: tokio::sync::Notify::new(),
@@ -262,20 +262,6 @@ impl Bound {
         let tracker = TaskTracker::new();
         let background = CancellationToken::new();
 
-        // Coarse clock for activity stamps and idle checks.
-        let clock = {
-            let shared = shared.clone();
-            let bg = background.clone();
-            tokio::spawn(async move {
-                let mut iv = tokio::time::interval(Duration::from_millis(10));
-                loop {
-                    tokio::select! {
-                        _ = bg.cancelled() => break,
-                        _ = iv.tick() => shared.now_ms.store(state::unix_ms(), Ordering::Relaxed),
-                    }
-                }
-            })
-        };
         let control_task = tokio::spawn(control.run(background.clone()));
         let admin_task = {
             let app = admin::router(shared.clone());
@@ -318,7 +304,6 @@ impl Bound {
         background.cancel();
         let _ = control_task.await;
         let _ = admin_task.await;
-        let _ = clock.await;
         Ok(())
     }
 }

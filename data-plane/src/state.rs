@@ -235,8 +235,6 @@ pub struct Shared {
     /// Per-service (errors, passive upstream failures) since the last report.
     pub service_errors: Mutex<HashMap<String, (u64, u64)>>,
     pub active: AtomicUsize,
-    /// Coarse wall clock in unix ms, refreshed by a ticker (cheaper than a clock read per frame).
-    pub now_ms: AtomicU64,
     /// A channel to the control plane, when connected (for `ResolveSession`).
     pub control_channel: RwLock<Option<tonic::transport::Channel>>,
     pub token: Option<String>,
@@ -260,10 +258,6 @@ impl Shared {
 
     pub fn ready(&self) -> bool {
         self.config.borrow().version > 0
-    }
-
-    pub fn now_ms(&self) -> u64 {
-        self.now_ms.load(Ordering::Relaxed)
     }
 
     pub fn push_connection_event(&self, kind: pb::connection_event::Kind, conn: pb::Connection) {

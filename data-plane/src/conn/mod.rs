@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::events;
 use crate::routing::{Decision, RouteError, RouteRequest};
-use crate::state::{Commands, ConnStats, RouteInfo, Shared};
+use crate::state::{unix_ms, Commands, ConnStats, RouteInfo, Shared};
 use upstream::{Forwarded, Upstream};
 use ws::{Limits, Message, WsStream};
 
@@ -205,7 +205,7 @@ where
     let stats = Arc::new(ConnStats::new(
         acc.connection_id.clone(),
         acc.client_ip.to_string(),
-        shared.now_ms(),
+        unix_ms(),
         route,
     ));
     let commands = Arc::new(Commands::default());

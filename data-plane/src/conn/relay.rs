@@ -27,7 +27,7 @@ use crate::envelope::Envelope;
 use crate::events;
 use crate::routing::{Decision, RouteError};
 use crate::snapshot::{Service, Snapshot};
-use crate::state::{Commands, ConnCommand, ConnStats, RouteInfo, Shared};
+use crate::state::{unix_ms, Commands, ConnCommand, ConnStats, RouteInfo, Shared};
 
 type SwitchFuture = Pin<Box<dyn Future<Output = Result<(Decision, Upstream), RouteError>> + Send>>;
 
@@ -734,7 +734,7 @@ where
 
     fn on_tick(&mut self) {
         self.rt_hist.flush();
-        let now = self.shared.now_ms();
+        let now = unix_ms();
         if self.activity != self.activity_mark {
             self.activity_mark = self.activity;
             self.stats
