@@ -26,8 +26,9 @@ if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
 fi
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 
-cargo build --release -q -p myagent-data-plane --bin myagent-proxy --example wsbench
-BIN=target/release
+# The proxy as the image ships it (the `production` profile: fat LTO, one codegen unit).
+cargo build --profile production -q -p myagent-data-plane --bin myagent-proxy --example wsbench
+BIN=target/production
 WSB="$BIN/examples/wsbench"
 
 TMP="$(mktemp -d)"
