@@ -96,8 +96,8 @@ pub fn spawn_workers(
     let mut threads = Vec::with_capacity(n);
     for i in 0..n {
         let listener = std_listener.try_clone()?;
-        // Sockets and timers only: signals and child processes belong to the main runtime,
-        // and their drivers would be checked on every turn of this loop.
+        // Sockets and timers: signal handling belongs to the main runtime (tokio still turns
+        // its signal and child-process drivers with the I/O driver, as they are compiled in).
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
