@@ -3,8 +3,8 @@
 # (with and without the metadata envelope) and through nginx as a WebSocket reverse proxy,
 # all in the same run on loopback. Prints absolute figures and ratios (see PERFORMANCE.md).
 #
-#   tests/bench.sh                 # every scenario, 3 rounds of 3 s per target
-#   SECONDS_PER_RUN=5 ROUNDS=5 tests/bench.sh
+#   tests/bench.sh                 # every scenario, 5 rounds of 3 s per target
+#   SECONDS_PER_RUN=5 ROUNDS=7 tests/bench.sh
 #   SCENARIOS=pp100-64,pp100-4k tests/bench.sh
 #
 # Each scenario runs ROUNDS times with the targets in a rotated order; each row is that
@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECS="${SECONDS_PER_RUN:-3}"
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-5}"
 SCEN="${SCENARIOS:-pp100-64,pp100-4k,pp1000-64,stream100x16-4k,connect2000}"
 
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
