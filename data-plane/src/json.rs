@@ -60,24 +60,17 @@ fn value(b: &[u8], mut i: usize) -> Option<usize> {
     loop {
         // A value is expected at `i`.
         match *b.get(i)? {
-            b'{' => {
-                stack.push(true)?;
+            open @ (b'{' | b'[') => {
+                let object = open == b'{';
+                stack.push(object)?;
                 i = skip_ws(b, i + 1);
-                if b.get(i) == Some(&b'}') {
+                if b.get(i) == Some(&closing(object)) {
                     stack.pop();
                     i += 1;
                 } else {
-                    i = key(b, i)?;
-                    continue;
-                }
-            }
-            b'[' => {
-                stack.push(false)?;
-                i = skip_ws(b, i + 1);
-                if b.get(i) == Some(&b']') {
-                    stack.pop();
-                    i += 1;
-                } else {
+                    if object {
+                        i = key(b, i)?;
+                    }
                     continue;
                 }
             }
@@ -93,7 +86,7 @@ fn value(b: &[u8], mut i: usize) -> Option<usize> {
                 return Some(i);
             }
             i = skip_ws(b, i);
-            let close = if stack.in_object() { b'}' } else { b']' };
+            let close = closing(stack.in_object());
             match *b.get(i)? {
                 b',' => {
                     i = skip_ws(b, i + 1);
@@ -109,6 +102,14 @@ fn value(b: &[u8], mut i: usize) -> Option<usize> {
                 _ => return None,
             }
         }
+    }
+}
+
+fn closing(object: bool) -> u8 {
+    if object {
+        b'}'
+    } else {
+        b']'
     }
 }
 
