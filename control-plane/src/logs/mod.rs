@@ -286,6 +286,15 @@ mod tests {
         LogHub::open(dir.join("logs"), cfg).unwrap()
     }
 
+    /// The newest `limit` lines of a service, any level, oldest first; and the total.
+    async fn newest(h: &LogHub, service_id: &str, limit: usize) -> (Vec<LogEntry>, u64) {
+        let q = LogQuery {
+            limit,
+            ..Default::default()
+        };
+        h.query(service_id, q).await.unwrap()
+    }
+
     #[tokio::test]
     async fn concurrent_writers_keep_a_file_in_time_order() {
         let tmp = tempfile::tempdir().unwrap();
@@ -301,16 +310,7 @@ mod tests {
                 });
             }
         });
-        let (all, total) = h
-            .query(
-                "svc1",
-                LogQuery {
-                    limit: 1000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let (all, total) = newest(&h, "svc1", 1000).await;
         assert_eq!((total, all.len()), (900, 900));
         assert!(all.windows(2).all(|w| w[0].timestamp <= w[1].timestamp));
     }
@@ -324,16 +324,7 @@ mod tests {
         }
         h.capture("svc1", "one", Source::Stderr, "ERROR boom");
         h.manager("svc1", "one", Level::Warn, "restarting");
-        let (all, total) = h
-            .query(
-                "svc1",
-                LogQuery {
-                    limit: 100,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let (all, total) = newest(&h, "svc1", 100).await;
         assert_eq!(total, 12);
         assert_eq!(all.len(), 12);
         let (warn_up, _) = h
@@ -350,16 +341,7 @@ mod tests {
         let msgs: Vec<_> = warn_up.iter().map(|e| e.message.as_str()).collect();
         assert_eq!(msgs, vec!["ERROR boom", "restarting"]);
         assert_eq!(warn_up[1].source, Source::Manager);
-        let (last3, total) = h
-            .query(
-                "svc1",
-                LogQuery {
-                    limit: 3,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let (last3, total) = newest(&h, "svc1", 3).await;
         assert_eq!(total, 12);
         assert_eq!(last3[0].message, "INFO line 9");
         assert_eq!(last3[2].message, "restarting");
@@ -388,16 +370,7 @@ mod tests {
         for f in &files {
             assert!(std::fs::metadata(f).unwrap().len() <= 2_000);
         }
-        let (entries, _) = h
-            .query(
-                "svc2",
-                LogQuery {
-                    limit: 1000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
+        let (entries, _) = newest(&h, "svc2", 1000).await;
         assert!(entries.len() < 200, "old files were dropped");
         assert_eq!(entries.last().unwrap().message, "message number 0199");
         // Oldest first, contiguous.
