@@ -3,6 +3,7 @@
 //! one task per connection, on per-CPU event loops. The `101` goes out once the connection is
 //! routed, in one write with `connection_routed` (or with the error event when routing fails).
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -14,7 +15,7 @@ use http::{header, HeaderMap, Method, StatusCode};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
@@ -52,17 +53,22 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let shared = shared.clone();
         let tls = tls.clone();
+        // The task holds what an open connection needs for its whole life: the relay. Every
+        // step before it (TLS handshake, request head, routing, upstream handshake) runs in a
+        // box of its own that is freed when the step ends; a TLS connection's relay, larger by
+        // the TLS state, is boxed too, so plain connections do not carry room for it.
         tracker.spawn(async move {
             match tls {
-                // Boxed: the connection's future is large; the task stays small to spawn.
-                None => Box::pin(serve_client(tcp, peer, shared)).await,
+                None => serve_client(tcp, peer, shared).await,
                 Some(acceptor) => {
-                    let handshake = acceptor.accept(tcp);
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
-                        Ok(Ok(stream)) => Box::pin(serve_client(stream, peer, shared)).await,
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
+                    // (Boxed in statements of their own: a future built inside an awaited
+                    // expression would keep its room in this one until the statement ends.)
+                    let handshake = Box::pin(tls_handshake(acceptor, tcp, peer));
+                    let Some(stream) = handshake.await else {
+                        return;
+                    };
+                    let conn = Box::pin(serve_client(stream, peer, shared));
+                    conn.await;
                 }
             }
         });
@@ -154,9 +160,51 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client may take to send its request head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 
+async fn tls_handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
 /// One accepted client stream: its request head, the checks, then the relay. The `101` is
-/// written once the connection is routed, together with its first frame.
-async fn serve_client<S>(mut io: S, peer: SocketAddr, shared: Arc<Shared>)
+/// written once the connection is routed, together with its first frame. Not an `async fn`:
+/// the upgrade runs in its own box, so the connection's future keeps neither its buffers nor
+/// a second copy of the stream.
+fn serve_client<S>(io: S, peer: SocketAddr, shared: Arc<Shared>) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let upgrade = Box::pin(upgrade(io, peer, shared.clone()));
+    async move {
+        // (A match, so the stream and the request are out of scope, not kept a second time,
+        // while the connection runs.)
+        let (conn, _active) = match upgrade.await {
+            Some((ws, acc, active)) => (conn::handle(shared, ws, acc), active),
+            None => return,
+        };
+        conn.await;
+    }
+}
+
+/// Reads and checks the request head and takes a connection slot: the upgraded stream (its
+/// `101` queued), what the connection asked for, and the slot's guard.
+async fn upgrade<S>(
+    mut io: S,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> Option<(WsStream<S>, Accepted, ActiveGuard)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -167,24 +215,24 @@ where
             Ok(Err(HeadError::Bad(status, msg))) => {
                 let r = Reject::new(status, "INVALID_REQUEST", msg);
                 handshake::reject(&mut io, &r).await;
-                return;
+                return None;
             }
-            Ok(Err(HeadError::Gone)) => return,
+            Ok(Err(HeadError::Gone)) => return None,
             Err(_) => {
                 tracing::debug!(%peer, "no request head in time");
-                return;
+                return None;
             }
         };
     let (req, accept) = match check_upgrade(&head, peer, &shared) {
         Ok(x) => x,
         Err(r) => {
             handshake::reject(&mut io, &r).await;
-            return;
+            return None;
         }
     };
     // Reserve a slot; the guard releases it when the connection ends.
     let prev = shared.active.fetch_add(1, Ordering::AcqRel);
-    let _guard = ActiveGuard(shared.clone());
+    let guard = ActiveGuard(shared.clone());
     if prev >= shared.settings.max_connections {
         shared
             .metrics
@@ -200,19 +248,17 @@ where
             ),
         );
         handshake::reject(&mut io, &r).await;
-        return;
+        return None;
     }
     shared.metrics.connections_total.inc();
     let mut ws = WsStream::new(io, Role::Server, conn::limits(&shared), &buf[head.len..]);
     ws.queue_raw(&handshake::switching_protocols(&accept));
-    // Not needed any more: give their memory back for the connection's life.
-    drop((buf, head));
     let acc = Accepted {
         req,
         client_ip: peer.ip(),
         connection_id: conn::fresh_id(),
     };
-    conn::handle(shared, ws, acc).await;
+    Some((ws, acc, guard))
 }
 
 /// The TLS acceptor for client connections, from PEM files.
@@ -427,6 +473,21 @@ impl Drop for ActiveGuard {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    /// A connection's future beyond its relay holds only the slot guard and the shared state
+    /// (see `conn::tests::an_open_connection_is_its_relay`).
+    #[test]
+    fn a_served_connection_is_its_relay() {
+        fn output_size<A, B, C, R>(_: &impl FnOnce(A, B, C) -> R) -> usize {
+            std::mem::size_of::<R>()
+        }
+        let handle = output_size(&conn::handle::<TcpStream>);
+        let served = output_size(&serve_client::<TcpStream>);
+        assert!(
+            served <= handle + 64,
+            "serve_client {served} B, handle {handle} B"
+        );
+    }
 
     fn parse(q: &str) -> Result<RouteRequest, (String, String)> {
         parse_route_request(

@@ -5,6 +5,7 @@ mod relay;
 pub mod upstream;
 pub mod ws;
 
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -159,8 +160,35 @@ pub(crate) async fn route_and_connect(
     ))
 }
 
-/// Serves one upgraded client connection to the end.
-pub async fn handle<C>(shared: Arc<Shared>, mut client: WsStream<C>, acc: Accepted)
+/// Serves one upgraded client connection to the end. Not an `async fn`: opening (a
+/// control-plane call, the upstream handshake) runs in its own box, freed once the relay
+/// starts, so an open connection's future is the relay alone.
+pub fn handle<C>(
+    shared: Arc<Shared>,
+    client: WsStream<C>,
+    acc: Accepted,
+) -> impl Future<Output = ()> + Send
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let open = Box::pin(open(shared, client, acc));
+    async move {
+        // (A match, so nothing keeps a second copy of the relay beside the running one.)
+        let run = match open.await {
+            Some(relay) => relay.run(),
+            None => return,
+        };
+        run.await;
+    }
+}
+
+/// Session, routing and the upstream connection: the relay to run, or `None` when the client
+/// got an error event instead.
+async fn open<C>(
+    shared: Arc<Shared>,
+    mut client: WsStream<C>,
+    acc: Accepted,
+) -> Option<relay::Relay<C>>
 where
     C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -192,7 +220,7 @@ where
             let _ = client.send(Message::close(1013, e.code())).await;
             // Let the close handshake finish (bounded) so the client sees the frame.
             let _ = tokio::time::timeout(Duration::from_secs(2), client.finish()).await;
-            return;
+            return None;
         }
     };
     let svc = decision.service.clone();
@@ -235,30 +263,27 @@ where
         &session_id,
         &acc.connection_id,
     );
-    let relay = relay::Relay::new(
-        shared.clone(),
-        stats.clone(),
-        client,
-        up,
-        decision,
-        session_id.clone(),
-        acc,
-        commands.clone(),
-        routed_ev,
-    );
-    let final_service = relay.run().await;
-    commands.close();
+    Some(relay::Relay::new(
+        shared, stats, client, up, decision, session_id, acc, commands, routed_ev,
+    ))
+}
 
-    shared.unregister(&stats.connection_id);
-    shared.load.connection_closed(&final_service);
-    shared.push_connection_event(
-        pb::connection_event::Kind::Closed,
-        stats.to_proto(&shared.settings.node_id, "closed"),
-    );
-    shared.push_session_event(
-        pb::session_event::Kind::Detached,
-        &session_id,
-        &final_service,
-    );
-    shared.push_closed(stats);
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpStream;
+
+    fn output_size<A, B, C, R>(_: &impl FnOnce(A, B, C) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// What an open connection keeps for its whole life is its relay: not the futures of the
+    /// steps before it, nor a second copy of the relay. (An `async fn` holding them was
+    /// 3.7 KB where the relay is 1.2 KB; the proxy's idle connections cost 14 KB each then.)
+    #[test]
+    fn an_open_connection_is_its_relay() {
+        let relay = std::mem::size_of::<relay::Relay<TcpStream>>();
+        let handle = output_size(&handle::<TcpStream>);
+        assert!(handle <= relay + 64, "handle {handle} B, relay {relay} B");
+    }
 }

@@ -259,15 +259,35 @@ where
         });
     }
 
-    /// Runs to the end; returns the service id the connection ended on.
-    pub async fn run(mut self) -> String {
-        loop {
-            let ev = std::future::poll_fn(|cx| self.poll_event(cx)).await;
+    /// Runs to the end, then takes the connection out of the proxy's books. A plain `poll_fn`
+    /// rather than an `async fn`: the future is the relay itself, not the relay twice (an
+    /// `async fn` taking `self` keeps the argument and the moved-in value in separate slots).
+    pub fn run(mut self) -> impl Future<Output = ()> {
+        std::future::poll_fn(move |cx| loop {
+            let Poll::Ready(ev) = self.poll_event(cx) else {
+                return Poll::Pending;
+            };
             if self.handle(ev) {
-                break;
+                self.finish();
+                return Poll::Ready(());
             }
-        }
-        self.service.id.clone()
+        })
+    }
+
+    /// The connection ended: unregistered, its load released on the service it ended on, and
+    /// its close reported.
+    fn finish(&mut self) {
+        let shared = &self.shared;
+        let service = &self.service.id;
+        self.commands.close();
+        shared.unregister(&self.stats.connection_id);
+        shared.load.connection_closed(service);
+        shared.push_connection_event(
+            pb::connection_event::Kind::Closed,
+            self.stats.to_proto(&shared.settings.node_id, "closed"),
+        );
+        shared.push_session_event(pb::session_event::Kind::Detached, &self.session_id, service);
+        shared.push_closed(self.stats.clone());
     }
 
     fn is_relay(&self) -> bool {
@@ -740,6 +760,12 @@ where
             self.stats
                 .last_activity_ms
                 .fetch_max(now, Ordering::Relaxed);
+        } else if !self.flush_client && !self.flush_up {
+            // Quiet for a whole tick: an idle connection keeps no buffers.
+            self.client.release_idle_buffers();
+            if let Some(up) = self.up.as_mut() {
+                up.release_idle_buffers();
+            }
         }
         let idle = self.shared.settings.idle_timeout;
         if idle.is_zero() || self.is_closing() {

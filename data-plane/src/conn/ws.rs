@@ -5,11 +5,12 @@
 //! closes are echoed like any conforming endpoint; what to relay is the caller's choice.
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Which end of the WebSocket this is: a server reads masked frames and writes plain ones,
@@ -77,6 +78,8 @@ pub struct Limits {
 /// and doubles, up to the maximum, whenever a read fills it (a busy one takes many frames per
 /// read). Reads never zero-fill it, so a large chunk costs only what a read fills.
 const READ_CHUNK_MIN: usize = 1024;
+/// The stack buffer of a read made with no read buffer.
+const FIRST_READ: usize = 512;
 const READ_CHUNK_MAX: usize = 64 * 1024;
 /// Pending output beyond which `poll_ready` waits for the socket (backpressure).
 const WRITE_HIGH_WATER: usize = 64 * 1024;
@@ -166,24 +169,64 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                 Ok(None) => {}
                 Err(e) => return self.fail(e),
             }
-            // Room for a good read: compacts the buffer, or replaces it while earlier payloads
-            // still point into it. Reads go on into the tail of the current buffer as long as
-            // it has half a chunk left, so small messages do not cost an allocation each.
-            if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 2 {
-                self.rbuf.reserve(self.read_chunk);
-            }
-            let room = self.rbuf.capacity() - self.rbuf.len();
-            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf) {
+            let read = if self.rbuf.capacity() == 0 {
+                self.poll_read_first(cx)
+            } else {
+                // Room for a good read: compacts the buffer, or replaces it while earlier
+                // payloads still point into it. Reads go on into the tail of the current buffer
+                // as long as it has half a chunk left, so small messages do not cost an
+                // allocation each.
+                if self.rbuf.capacity() - self.rbuf.len() < self.read_chunk / 2 {
+                    self.rbuf.reserve(self.read_chunk);
+                }
+                let room = self.rbuf.capacity() - self.rbuf.len();
+                let read =
+                    tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf);
+                if matches!(read, Poll::Ready(Ok(n)) if n == room) {
+                    self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK_MAX);
+                }
+                read
+            };
+            match read {
                 Poll::Ready(Ok(0)) if self.close_sent => return Poll::Ready(None),
                 Poll::Ready(Ok(0)) => return self.fail(WsError::Reset),
-                Poll::Ready(Ok(n)) => {
-                    if n == room {
-                        self.read_chunk = (self.read_chunk * 2).min(READ_CHUNK_MAX);
-                    }
-                }
+                Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return self.fail(e.into()),
                 Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+
+    /// A read with no read buffer (a new connection, or one idle long enough to give its
+    /// buffers back): into the stack first, so a connection holds no read buffer while it
+    /// waits; the buffer is made when bytes arrive.
+    fn poll_read_first(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut first = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut rb = ReadBuf::uninit(&mut first);
+        match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) => {
+                let got = rb.filled();
+                if !got.is_empty() {
+                    self.rbuf.reserve(self.read_chunk.max(got.len()));
+                    self.rbuf.extend_from_slice(got);
+                }
+                Poll::Ready(Ok(got.len()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Gives back the read and write buffers if nothing is in them (called when the connection
+    /// has been idle for a while): an idle connection then costs no buffer memory.
+    pub fn release_idle_buffers(&mut self) {
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            self.rbuf = BytesMut::new();
+            self.read_chunk = READ_CHUNK_MIN;
+        }
+        if self.wpos == self.wbuf.len() && self.wbuf.capacity() > 0 {
+            self.wbuf = Vec::new();
+            self.wpos = 0;
         }
     }
 
@@ -575,6 +618,59 @@ mod tests {
         let mut pong = [0u8; 3];
         b.read_exact(&mut pong).await.unwrap();
         assert_eq!(pong, [0x8A, 1, b'p']);
+    }
+
+    /// An idle endpoint holds no buffers: none before the first bytes arrive, and none after
+    /// it gives them back; reading resumes through the stack read, frames larger than it
+    /// included.
+    #[tokio::test]
+    async fn idle_endpoints_hold_no_buffers() {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut ws = WsStream::new(a, Role::Server, LIMITS, b"");
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(ws.poll_next(&mut cx).is_pending());
+        assert_eq!((ws.rbuf.capacity(), ws.wbuf.capacity()), (0, 0));
+
+        let big = vec![b'x'; 3 * FIRST_READ];
+        for round in 0..2 {
+            b.write_all(&masked(0x1, true, b"hi", [1, 2, 3, 4]))
+                .await
+                .unwrap();
+            b.write_all(&masked(0x2, true, &big, [5, 6, 7, 8]))
+                .await
+                .unwrap();
+            assert!(
+                matches!(next(&mut ws).await, Some(Ok(Message::Text(t))) if t.as_str() == "hi")
+            );
+            assert!(
+                matches!(next(&mut ws).await, Some(Ok(Message::Binary(d))) if d[..] == big[..])
+            );
+            ws.send(Message::text("answer")).await.unwrap();
+            assert!(
+                ws.rbuf.capacity() > 0 && ws.wbuf.capacity() > 0,
+                "round {round}"
+            );
+            ws.release_idle_buffers();
+            assert_eq!((ws.rbuf.capacity(), ws.wbuf.capacity()), (0, 0));
+            let mut out = [0u8; 8];
+            b.read_exact(&mut out).await.unwrap();
+            assert_eq!(&out[2..], b"answer");
+        }
+
+        // Bytes waiting in the buffer are kept.
+        b.write_all(&masked(0x1, true, b"half", [1, 2, 3, 4])[..4])
+            .await
+            .unwrap();
+        assert!(ws.poll_next(&mut cx).is_pending());
+        ws.release_idle_buffers();
+        assert_eq!(ws.rbuf.len(), 4);
+
+        // The end of the stream met by the stack read is a reset, as by any read.
+        let (a, b) = tokio::io::duplex(64);
+        let mut ws = WsStream::new(a, Role::Server, LIMITS, b"");
+        drop(b);
+        assert!(matches!(next(&mut ws).await, Some(Err(WsError::Reset))));
     }
 
     #[tokio::test]
