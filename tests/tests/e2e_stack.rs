@@ -175,3 +175,87 @@ async fn immediate_resume_through_the_other_proxy_keeps_the_session() {
         assert_eq!(data2["routing_strategy"], "session_affinity", "{data2}");
     }
 }
+
+/// A write with `wait_for_sync` answers with the sync status the wait ended with: every proxy
+/// holding the change, not the status read when the change was written (before any proxy
+/// could have it).
+#[tokio::test]
+async fn writes_that_wait_for_sync_answer_with_the_synced_status() {
+    let cp = control_plane().spawn().await;
+    let _p1 = spawn_proxy(&[cp.grpc_url()], |_| {}).await;
+    let _p2 = spawn_proxy(&[cp.grpc_url()], |_| {}).await;
+    let mut registry = cp.registry().await;
+    let check = |what: &str, sync: Option<pb::SyncStatus>| {
+        let sync = sync.unwrap_or_else(|| panic!("{what}: no sync status"));
+        assert!(sync.in_sync, "{what}: {sync:?}");
+        assert_eq!(sync.proxies.len(), 2, "{what}: {sync:?}");
+        assert!(
+            sync.proxies
+                .iter()
+                .all(|p| p.in_sync && p.applied_version >= sync.config_version),
+            "{what}: {sync:?}"
+        );
+    };
+    // Both proxies connected before the writes (until then a write waits for those it knows).
+    let first = registry
+        .register_service(pb::RegisterServiceRequest {
+            name: "synced".into(),
+            host: "127.0.0.1".into(),
+            port: 9,
+            wait_for_sync: 10.0,
+            ..Default::default()
+        })
+        .await
+        .expect("register")
+        .into_inner();
+    wait::until(
+        "both proxies in the sync view",
+        Duration::from_secs(10),
+        || {
+            let mut registry = registry.clone();
+            async move {
+                let s = registry
+                    .get_service(pb::GetServiceRequest {
+                        service: "synced".into(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (s.sync?.proxies.len() == 2).then_some(())
+            }
+        },
+    )
+    .await;
+    assert!(first.service.is_some());
+
+    let registered = registry
+        .register_service(pb::RegisterServiceRequest {
+            name: "synced-2".into(),
+            host: "127.0.0.1".into(),
+            port: 10,
+            wait_for_sync: 10.0,
+            ..Default::default()
+        })
+        .await
+        .expect("register")
+        .into_inner();
+    check("register", registered.service.and_then(|s| s.sync));
+    for (what, weight) in [
+        ("config change", Some(7)),
+        ("write that changes nothing", None),
+    ] {
+        let updated = registry
+            .update_service_config(pb::UpdateServiceConfigRequest {
+                service: "synced-2".into(),
+                config: Some(pb::ServiceConfig {
+                    weight,
+                    ..Default::default()
+                }),
+                wait_for_sync: 10.0,
+            })
+            .await
+            .expect("update")
+            .into_inner();
+        check(what, updated.sync);
+    }
+}

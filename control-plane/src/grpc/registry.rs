@@ -59,8 +59,10 @@ impl ServiceRegistry for RegistryApi {
     ) -> Result<Response<pb::RegisterServiceResponse>, Status> {
         let req = request.into_inner();
         let wait = convert::wait_for_sync(req.wait_for_sync)?;
-        let out = registry::register(&self.ctx, req.into()).await?;
-        sync(&self.ctx, out.revision, wait).await?;
+        let mut out = registry::register(&self.ctx, req.into()).await?;
+        if let Some(status) = sync(&self.ctx, out.revision, wait).await? {
+            out.value.sync = Some(status);
+        }
         Ok(Response::new(pb::RegisterServiceResponse {
             service_id: out.value.def.id.clone(),
             message: "Service registered successfully".to_string(),
@@ -105,8 +107,10 @@ impl ServiceRegistry for RegistryApi {
         let r = request.into_inner();
         let wait = convert::wait_for_sync(r.wait_for_sync)?;
         let patch = r.config.map(Into::into).unwrap_or_default();
-        let out = registry::update_config(&self.ctx, &r.service, patch).await?;
-        sync(&self.ctx, out.revision, wait).await?;
+        let mut out = registry::update_config(&self.ctx, &r.service, patch).await?;
+        if let Some(status) = sync(&self.ctx, out.revision, wait).await? {
+            out.value.sync = Some(status);
+        }
         Ok(Response::new(service_to_pb(&out.value)))
     }
 
