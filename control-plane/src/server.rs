@@ -16,11 +16,11 @@ use std::time::Duration;
 use myagent_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
@@ -188,7 +188,10 @@ impl Bound {
             .layer(AuthLayer::new(settings.tokens.clone()))
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(grpc_listener),
+                // TCP_NODELAY on every accepted connection (tonic sets it only on listeners it
+                // binds itself): without it Nagle holds each answer's second write until the
+                // client's delayed ACK, ~40 ms on every call and every config push.
+                TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
                 grpc_stop.clone().cancelled_owned(),
             );
         let mut grpc_task = tokio::spawn(grpc_server);
