@@ -22,13 +22,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 async fn readyz(State(s): State<Arc<Shared>>) -> impl IntoResponse {
     let version = s.config.borrow().version;
+    let ready = s.ready();
     let body = json!({
-        "status": if version > 0 { "ready" } else { "not_ready" },
+        "status": if ready { "ready" } else { "not_ready" },
         "config_version": version,
         "node_id": s.settings.node_id,
         "control_plane_connected": s.metrics.control_plane_connected.get() == 1,
     });
-    let code = if version > 0 {
+    let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -48,7 +48,7 @@ pub struct Cli {
     #[arg(long, env = "MYAGENT_NODE_ID", help_heading = "Control plane")]
     pub node_id: Option<String>,
 
-    /// Directory for the node id and the last good config (`config-cache.json`).
+    /// Directory for the node id and the last good config (`config-cache.pb`).
     #[arg(
         long,
         env = "MYAGENT_DATA_DIR",

@@ -104,6 +104,9 @@ fn endpoint_path(endpoint: &str) -> String {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub version: u64,
+    /// A config has been applied (from the control plane or the disk cache). Version 0 is a
+    /// real config too: the store revision of an empty store.
+    pub loaded: bool,
     pub services: HashMap<String, Arc<Service>>,
     pub by_name: HashMap<String, String>,
     /// Enabled rules, highest priority first (then name, for a stable order).
@@ -166,6 +169,7 @@ impl Snapshot {
         });
         Ok(Snapshot {
             version: push.version,
+            loaded: true,
             services,
             by_name,
             rules,

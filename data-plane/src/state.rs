@@ -257,7 +257,7 @@ impl Shared {
     }
 
     pub fn ready(&self) -> bool {
-        self.config.borrow().version > 0
+        self.config.borrow().loaded
     }
 
     pub fn push_connection_event(&self, kind: pb::connection_event::Kind, conn: pb::Connection) {

@@ -228,3 +228,40 @@ async fn disconnect_and_notify_commands() {
     send_text(&mut wb, "{}").await;
     assert!(next_json(&mut wb).await["proxy_metadata"].is_object());
 }
+
+/// A fresh embedded store has revision 0, so the first config the real control plane streams
+/// is version 0: the proxy holds a config then and is ready (`/readyz` 200), and a client gets
+/// the upgrade and the seed's `ROUTING_FAILED` error event, not an HTTP 503 "no routing
+/// configuration yet".
+#[tokio::test]
+async fn ready_on_the_empty_config_of_a_fresh_store() {
+    let cp = myagent_tests::control_plane::control_plane()
+        .spawn_binary()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = cp.grpc_url();
+    let data_dir = dir.path().to_str().unwrap();
+    let proxy = ProxyProcess::spawn(&["--control-plane", &url, "--data-dir", data_dir]).await;
+    let admin = proxy.admin_addr;
+    myagent_tests::wait::until(
+        "proxy /readyz 200",
+        Duration::from_secs(10),
+        move || async move {
+            let (code, body) = http_get(admin, "/readyz").await;
+            (code == 200).then_some(body)
+        },
+    )
+    .await;
+    let (_, body) = http_get(proxy.admin_addr, "/readyz").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ready", "{body}");
+    assert_eq!(v["config_version"], 0, "{body}");
+
+    let mut ws = connect(&format!("ws://{}/ws?tag=none", proxy.ws_addr)).await;
+    let (code, _, events) = read_until_close(&mut ws).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["event"], "error");
+    assert_eq!(events[0]["data"]["code"], "ROUTING_FAILED");
+    assert_eq!(events[0]["data"]["recoverable"], false);
+    assert_ne!(code, 1000);
+}

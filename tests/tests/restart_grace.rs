@@ -188,3 +188,116 @@ async fn restart_with_grace_notifies_clients_then_restarts() {
     proxy.stop().await;
     cp.shutdown().await;
 }
+
+/// A planned restart drains instead of cutting (DESIGN §6): once the grace is over, the proxy
+/// moves the client to another candidate with `service_switched` (reason `service_draining`)
+/// before the control plane sends SIGTERM, so the restart does not wait out the drain timeout
+/// (10 s by default here) and the client is not cut by the agent's exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_grace_drains_clients_to_another_service_first() {
+    let cp = control_plane().spawn().await;
+    let proxy = spawn_proxy(&[cp.grpc_url()], |_| {}).await;
+    let mut registry = cp.registry().await;
+    let agent = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/agents/echo_agent.py")
+        .canonicalize()
+        .unwrap();
+    for name in ["drain-a", "drain-b"] {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        registry
+            .register_service(pb::RegisterServiceRequest {
+                name: name.into(),
+                agent_factory_path: agent.display().to_string(),
+                host: "127.0.0.1".into(),
+                port: u32::from(port),
+                tags: vec!["drain".into()],
+                config: Some(pb::ServiceConfig {
+                    startup_timeout: Some(10.0),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("register");
+        let started = registry
+            .start_service(pb::StartServiceRequest {
+                service: name.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("start")
+            .into_inner();
+        assert_eq!(started.status, "running");
+    }
+
+    let (mut ws, routed) = routed_eventually(proxy.ws_url("tag=drain")).await;
+    let first = routed["target_service"].as_str().unwrap().to_string();
+    let other = if first == "drain-a" {
+        "drain-b"
+    } else {
+        "drain-a"
+    };
+
+    let asked = Instant::now();
+    let mut restarter = cp.registry().await;
+    let svc = first.clone();
+    let restart = tokio::spawn(async move {
+        let r = restarter
+            .restart_service(pb::RestartServiceRequest {
+                service: svc,
+                grace_seconds: Some(1),
+                message: "restarting".into(),
+                wait_for_sync: 0.0,
+            })
+            .await;
+        (r, asked.elapsed())
+    });
+    let notice = next_event(&mut ws, "management_notification", Duration::from_secs(5)).await;
+    assert_eq!(notice["data"]["type"], "maintenance_window", "{notice}");
+
+    let switched = next_event(&mut ws, "service_switched", Duration::from_secs(6)).await;
+    let switched_after = asked.elapsed();
+    println!(
+        "service_switched after {} ms: {switched}",
+        switched_after.as_millis()
+    );
+    assert_eq!(
+        switched["data"]["from_service"],
+        first.as_str(),
+        "{switched}"
+    );
+    assert_eq!(switched["data"]["to_service"], other, "{switched}");
+    assert_eq!(switched["data"]["reason"], "service_draining", "{switched}");
+    assert_eq!(switched["data"]["session_preserved"], true, "{switched}");
+
+    let (result, took) = tokio::time::timeout(Duration::from_secs(40), restart)
+        .await
+        .expect("restart returns")
+        .unwrap();
+    assert_eq!(
+        result.expect("restart succeeds").into_inner().status,
+        "running"
+    );
+    println!("restart returned after {:.2}s", took.as_secs_f64());
+    assert!(
+        took < Duration::from_secs(7),
+        "restart waited out the 10 s drain timeout instead of draining: {took:?}"
+    );
+
+    // The client goes on with the other service.
+    send_text(&mut ws, r#"{"hello":"after"}"#).await;
+    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .unwrap()
+        .unwrap();
+    let text = echo.to_text().unwrap().to_string();
+    assert!(text.contains("after") && text.contains(other), "{text}");
+    drop(ws);
+    proxy.stop().await;
+    cp.shutdown().await;
+}

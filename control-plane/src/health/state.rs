@@ -125,29 +125,32 @@ fn push_record(state: &mut HealthState, r: &CheckResult, transition: bool) {
 }
 
 fn damp_flapping(state: &mut HealthState, cfg: &ServiceConfig) {
-    let recent_transitions = state
-        .history
-        .iter()
-        .rev()
-        .take(FLAP_WINDOW)
-        .filter(|h| h.transition)
-        .count();
-    if !state.flapping && recent_transitions >= FLAP_TRANSITIONS {
-        state.flapping = true;
+    // Stable = the last `flap_stable_checks` checks agree with each other and none changed
+    // the status.
+    let need = cfg.flap_stable_checks.max(1) as usize;
+    let tail: Vec<&HealthRecord> = state.history.iter().rev().take(need).collect();
+    let stable = tail.len() == need
+        && tail
+            .iter()
+            .all(|h| !h.transition && h.status == state.status);
+    if !state.flapping {
+        // Only a service that is not stable now starts flapping: once it has been stable long
+        // enough to be let back, the transitions still inside the window do not hold it out
+        // again (a new transition does).
+        let recent_transitions = state
+            .history
+            .iter()
+            .rev()
+            .take(FLAP_WINDOW)
+            .filter(|h| h.transition)
+            .count();
+        if recent_transitions >= FLAP_TRANSITIONS && !stable {
+            state.flapping = true;
+        }
         return;
     }
-    if state.flapping {
-        // Stable = the last `flap_stable_checks` checks agree with each other and none changed
-        // the status.
-        let need = cfg.flap_stable_checks.max(1) as usize;
-        let tail: Vec<&HealthRecord> = state.history.iter().rev().take(need).collect();
-        let stable = tail.len() == need
-            && tail
-                .iter()
-                .all(|h| !h.transition && h.status == state.status);
-        if stable {
-            state.flapping = false;
-        }
+    if stable {
+        state.flapping = false;
     }
 }
 
@@ -217,6 +220,47 @@ mod tests {
         let ch = apply(&mut s, &c, &r(true));
         assert!(!s.flapping && ch.flapping_changed);
         assert_eq!(s.status, HealthStatus::Healthy);
+        // Stable from here on: the old transitions still in the window do not hold it out again.
+        for i in 0..FLAP_WINDOW {
+            let ch = apply(&mut s, &c, &r(true));
+            assert!(
+                !s.flapping && !ch.flapping_changed,
+                "re-flagged at stable check {i}"
+            );
+        }
+        // A new run of transitions flags it again.
+        for i in 0..4 {
+            apply(&mut s, &c, &r(i % 2 == 1));
+        }
+        assert!(s.flapping, "4 new transitions");
+    }
+
+    #[test]
+    fn stays_let_back_while_old_transitions_are_in_the_window() {
+        // Two crash/restart cycles (forced statuses), then the checks of a stable service.
+        let mut s = HealthState::default();
+        let c = cfg();
+        for st in [
+            HealthStatus::Healthy,
+            HealthStatus::Unhealthy,
+            HealthStatus::Healthy,
+            HealthStatus::Unhealthy,
+            HealthStatus::Healthy,
+        ] {
+            force(&mut s, st, Utc::now(), 1.0, "forced");
+        }
+        let mut held = Vec::new();
+        for _ in 0..FLAP_WINDOW {
+            apply(&mut s, &c, &r(true));
+            held.push(s.flapping);
+        }
+        // Held out for the first checks, then let back for good.
+        assert!(held[0], "{held:?}");
+        let first_free = held.iter().position(|f| !f).expect("let back");
+        assert!(
+            held[first_free..].iter().all(|f| !f),
+            "held out again after being let back: {held:?}"
+        );
     }
 
     #[test]

@@ -48,9 +48,12 @@ pub(crate) fn service_snapshot(
     let status = runtime.map(|r| r.status).unwrap_or(ServiceStatus::Stopped);
     let (health_status, flapping) = effective_health(runtime, health);
     // A planned stop drains: the supervisor marks `stopping`, and an operator's stop request
-    // (desired = stopped) already moves new traffic away before the supervisor acts.
+    // (desired = stopped) already moves new traffic away before the supervisor acts. A planned
+    // restart keeps desired = running: the supervisor's drain mark (before its SIGTERM, which
+    // waits for the proxies to move the connections) is what tells the proxies.
     let draining = status == ServiceStatus::Stopping
-        || (def.desired == DesiredState::Stopped && status == ServiceStatus::Running);
+        || (status == ServiceStatus::Running
+            && (def.desired == DesiredState::Stopped || runtime.is_some_and(|r| r.draining)));
     let healthy_enough = match health_status {
         HealthStatus::Healthy | HealthStatus::Unknown => true,
         HealthStatus::Unhealthy => false,
@@ -181,6 +184,11 @@ mod tests {
         let mut stop_requested = def();
         stop_requested.desired = DesiredState::Stopped;
         let s = service_snapshot(&stop_requested, Some(&running), None);
+        assert!(s.draining && !s.routable);
+        // A planned restart (desired stays running) drains while the supervisor says so.
+        let mut restarting = runtime(ServiceStatus::Running);
+        restarting.draining = true;
+        let s = service_snapshot(&d, Some(&restarting), None);
         assert!(s.draining && !s.routable);
     }
 
