@@ -40,7 +40,7 @@ pub fn load(path: &Path) -> Result<Option<Snapshot>> {
 
 /// Writes atomically (temp file + rename) so a crash never leaves a torn cache.
 pub fn save(path: &Path, snap: &Snapshot) -> Result<()> {
-    let bytes = snap.to_full_push().encode_to_vec();
+    let bytes = snap.encode_full_push();
     let tmp = path.with_extension("pb.tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)?;

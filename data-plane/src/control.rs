@@ -96,6 +96,11 @@ enum End {
 
 impl ControlClient {
     pub async fn run(self, shutdown: CancellationToken) {
+        tokio::spawn(save_cache(
+            self.config_tx.subscribe(),
+            self.cache_path.clone(),
+            shutdown.clone(),
+        ));
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut i = 0usize;
         loop {
@@ -296,12 +301,6 @@ impl ControlClient {
                     rules = next.all_rules.len(),
                     "config applied"
                 );
-                let path = self.cache_path.clone();
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = crate::cache::save(&path, &next) {
-                        tracing::warn!(error = %e, "cannot write config cache");
-                    }
-                });
                 pb::proxy_message::Kind::Ack(pb::Ack {
                     version: push.version,
                     nonce: push.nonce,
@@ -318,6 +317,30 @@ impl ControlClient {
             }
         };
         let _ = tx.send(pb::ProxyMessage { kind: Some(reply) }).await;
+    }
+}
+
+/// Writes each applied config to the disk cache, one write at a time and always the latest: a
+/// burst of pushes costs one or two writes, not one each.
+async fn save_cache(
+    mut applied: watch::Receiver<Arc<Snapshot>>,
+    path: PathBuf,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = applied.changed() => if changed.is_err() {
+                return;
+            },
+        }
+        let snap = applied.borrow_and_update().clone();
+        let path = path.clone();
+        match tokio::task::spawn_blocking(move || crate::cache::save(&path, &snap)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write config cache"),
+            Err(e) => tracing::warn!(error = %e, "config cache writer failed"),
+        }
     }
 }
 

@@ -107,8 +107,11 @@ pub struct Snapshot {
     /// A config has been applied (from the control plane or the disk cache). Version 0 is a
     /// real config too: the store revision of an empty store.
     pub loaded: bool,
-    pub services: HashMap<String, Arc<Service>>,
-    pub by_name: HashMap<String, String>,
+    /// Keys are shared strings: a delta copies the maps of the snapshot it applies to, which
+    /// costs a reference count per service instead of an allocation.
+    pub services: HashMap<Arc<str>, Arc<Service>>,
+    /// Service name → id.
+    pub by_name: HashMap<Arc<str>, Arc<str>>,
     /// Enabled rules, highest priority first (then name, for a stable order).
     pub rules: Vec<Arc<Rule>>,
     /// Every rule, enabled or not, by id (deltas replace by id).
@@ -126,8 +129,8 @@ impl Snapshot {
 
     /// Builds the next snapshot from `push` on top of `self`; all or nothing.
     pub fn apply(&self, push: &pb::ConfigPush) -> Result<Snapshot, String> {
-        let (mut services, mut all_rules) = if push.full {
-            (HashMap::new(), HashMap::new())
+        let (mut services, mut by_name, mut all_rules) = if push.full {
+            (HashMap::new(), HashMap::new(), HashMap::new())
         } else {
             if push.base_version != self.version {
                 return Err(format!(
@@ -135,30 +138,45 @@ impl Snapshot {
                     push.base_version, self.version
                 ));
             }
-            (self.services.clone(), self.all_rules.clone())
+            (
+                self.services.clone(),
+                self.by_name.clone(),
+                self.all_rules.clone(),
+            )
         };
+        // The names of removed and replaced services go first (a delta may swap two names),
+        // then the new ones come in, each checked against the names that stay.
         for id in &push.removed_services {
-            services.remove(id);
+            if let Some(old) = services.remove(id.as_str()) {
+                by_name.remove(old.name.as_str());
+            }
         }
         for id in &push.removed_rules {
             all_rules.remove(id);
         }
+        let mut built = Vec::with_capacity(push.services.len());
         for s in &push.services {
             let svc = Service::build(s)?;
-            services.insert(svc.id.clone(), Arc::new(svc));
+            if let Some(old) = services.get(svc.id.as_str()) {
+                by_name.remove(old.name.as_str());
+            }
+            built.push(svc);
+        }
+        for svc in built {
+            let id: Arc<str> = Arc::from(svc.id.as_str());
+            if let Some(other) = by_name.insert(Arc::from(svc.name.as_str()), id.clone()) {
+                if other != id {
+                    return Err(format!(
+                        "service {:?}: name used by two services ({other}, {id})",
+                        svc.name
+                    ));
+                }
+            }
+            services.insert(id, Arc::new(svc));
         }
         for r in &push.rules {
             let rule = Rule::compile(r)?;
             all_rules.insert(rule.id.clone(), Arc::new(rule));
-        }
-        let mut by_name = HashMap::with_capacity(services.len());
-        for s in services.values() {
-            if let Some(other) = by_name.insert(s.name.clone(), s.id.clone()) {
-                return Err(format!(
-                    "service {:?}: name used by two services ({other}, {})",
-                    s.name, s.id
-                ));
-            }
         }
         let mut rules: Vec<Arc<Rule>> = all_rules.values().filter(|r| r.enabled).cloned().collect();
         rules.sort_by(|a, b| {
@@ -177,28 +195,36 @@ impl Snapshot {
         })
     }
 
-    /// The snapshot as one full push, for the on-disk cache.
-    pub fn to_full_push(&self) -> pb::ConfigPush {
-        let mut services: Vec<_> = self.services.values().map(|s| s.source.clone()).collect();
+    /// The snapshot as one full `ConfigPush`, encoded for the on-disk cache straight from the
+    /// pushed messages it holds (in id order), without copying them: the same bytes as
+    /// encoding the equivalent `ConfigPush`.
+    pub fn encode_full_push(&self) -> Vec<u8> {
+        use prost::encoding::{bool as boolean, message, uint64};
+        let mut services: Vec<&pb::ServiceSnapshot> =
+            self.services.values().map(|s| &s.source).collect();
         services.sort_by(|a, b| a.service_id.cmp(&b.service_id));
-        let mut rules: Vec<_> = self.all_rules.values().map(|r| r.source.clone()).collect();
+        let mut rules: Vec<&pb::RoutingRule> = self.all_rules.values().map(|r| &r.source).collect();
         rules.sort_by(|a, b| a.rule_id.cmp(&b.rule_id));
-        pb::ConfigPush {
-            version: self.version,
-            nonce: String::new(),
-            full: true,
-            base_version: 0,
-            services,
-            removed_services: vec![],
-            rules,
-            removed_rules: vec![],
+        let mut buf = Vec::new();
+        // `ConfigPush` fields: 1 version, 3 full, 5 services, 7 rules (proto/.../proxy.proto).
+        if self.version != 0 {
+            uint64::encode(1, &self.version, &mut buf);
         }
+        boolean::encode(3, &true, &mut buf);
+        for s in services {
+            message::encode(5, s, &mut buf);
+        }
+        for r in rules {
+            message::encode(7, r, &mut buf);
+        }
+        buf
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
 
     pub fn svc(id: &str, name: &str) -> pb::ServiceSnapshot {
         pb::ServiceSnapshot {
@@ -279,6 +305,92 @@ mod tests {
     }
 
     #[test]
+    fn deltas_move_names_and_refuse_a_name_in_use() {
+        let base = Snapshot::default()
+            .apply(&pb::ConfigPush {
+                version: 1,
+                full: true,
+                services: vec![svc("1", "a"), svc("2", "b"), svc("3", "c")],
+                ..Default::default()
+            })
+            .unwrap();
+        // Two services swap names in one delta.
+        let swapped = base
+            .apply(&pb::ConfigPush {
+                version: 2,
+                base_version: 1,
+                services: vec![svc("1", "b"), svc("2", "a")],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(swapped.service_by_name("a").unwrap().id, "2");
+        assert_eq!(swapped.service_by_name("b").unwrap().id, "1");
+        assert_eq!(swapped.service_by_name("c").unwrap().id, "3");
+        assert_eq!(swapped.by_name.len(), 3);
+        // A removed service's name is free for another one.
+        let moved = swapped
+            .apply(&pb::ConfigPush {
+                version: 3,
+                base_version: 2,
+                removed_services: vec!["3".into()],
+                services: vec![svc("4", "c")],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(moved.service_by_name("c").unwrap().id, "4");
+        // A name another service keeps is refused, and nothing of the delta is applied.
+        let err = moved
+            .apply(&pb::ConfigPush {
+                version: 4,
+                base_version: 3,
+                services: vec![svc("5", "a")],
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(err.contains("name used by two services"), "{err}");
+        assert!(moved.service("5").is_none());
+        assert_eq!(moved.service_by_name("a").unwrap().id, "2");
+    }
+
+    #[test]
+    fn the_cache_encoding_is_the_full_push_encoding() {
+        let mut rule = pb::RoutingRule {
+            rule_id: "r2".into(),
+            name: "r2".into(),
+            priority: 3,
+            enabled: true,
+            ..Default::default()
+        };
+        let rules = vec![rule.clone(), {
+            rule.rule_id = "r1".into();
+            rule.name = "r1".into();
+            rule
+        }];
+        let services = vec![svc("2", "b"), svc("1", "a"), svc("3", "c")];
+        let snap = Snapshot::default()
+            .apply(&pb::ConfigPush {
+                version: 9,
+                full: true,
+                services: services.clone(),
+                rules: rules.clone(),
+                ..Default::default()
+            })
+            .unwrap();
+        let mut sorted = services;
+        sorted.sort_by(|a, b| a.service_id.cmp(&b.service_id));
+        let mut sorted_rules = rules;
+        sorted_rules.sort_by(|a, b| a.rule_id.cmp(&b.rule_id));
+        let expected = pb::ConfigPush {
+            version: 9,
+            full: true,
+            services: sorted,
+            rules: sorted_rules,
+            ..Default::default()
+        };
+        assert_eq!(snap.encode_full_push(), expected.encode_to_vec());
+    }
+
+    #[test]
     fn rules_sorted_by_priority_and_only_enabled() {
         let rule = |id: &str, p: i32, enabled: bool| pb::RoutingRule {
             rule_id: id.into(),
@@ -300,7 +412,9 @@ mod tests {
         let s = Snapshot::default().apply(&push).unwrap();
         let ids: Vec<_> = s.rules.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, vec!["high", "low"]);
-        let round = Snapshot::default().apply(&s.to_full_push()).unwrap();
+        let round = Snapshot::default()
+            .apply(&pb::ConfigPush::decode(s.encode_full_push().as_slice()).unwrap())
+            .unwrap();
         assert_eq!(round.all_rules.len(), 3);
     }
 }
