@@ -294,7 +294,7 @@ fn token_is_sent_and_required_when_configured() {
 /// listed only with `--status closed` or `--status all`.
 #[test]
 fn connections_lists_active_ones_unless_asked_for_more() {
-    use futures::{SinkExt, StreamExt};
+    use futures::StreamExt;
 
     let stack = cli::up();
     cli::install_echo_agent(stack.dir(), "echo_agent.py");
