@@ -263,9 +263,10 @@ pub struct ConnectionsArgs {
     /// Only connections to this service (name or id).
     #[arg(long, env = "MYAGENT_SERVICE")]
     pub service: Option<String>,
-    /// Only connections in this status (active, closed).
-    #[arg(long, env = "MYAGENT_STATUS")]
-    pub status: Option<String>,
+    /// Connections in this status: active (the default, seed §3.3 "view active connections"),
+    /// closed, or all.
+    #[arg(long, env = "MYAGENT_STATUS", default_value = "active")]
+    pub status: String,
     /// Maximum number of connections shown.
     #[arg(long, env = "MYAGENT_LIMIT")]
     pub limit: Option<u32>,

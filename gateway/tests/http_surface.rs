@@ -547,7 +547,19 @@ async fn unknown_routes_methods_and_unreachable_control_plane_answer_json() {
     let (s, b) = send(c.get(format!("{}/nowhere", gw.base))).await;
     error(s, &b, 404, "INVALID_REQUEST");
     let (s, b) = send(c.patch(format!("{}/api/v1/services", gw.base))).await;
-    error(s, &b, 405, "INVALID_REQUEST");
+    let d = error(s, &b, 405, "INVALID_REQUEST");
+    // The path the client sent, with the `/api/v1` prefix (not the nested router's view).
+    assert_eq!(d["path"], "/api/v1/services", "{b}");
+    assert_eq!(d["method"], "PATCH", "{b}");
+    assert_eq!(
+        b["error"]["message"],
+        "Method PATCH is not allowed on /api/v1/services"
+    );
+    let (s, b) = send(c.get(format!("{}/api/v1/services/x/start", gw.base))).await;
+    assert_eq!(
+        error(s, &b, 405, "INVALID_REQUEST")["path"],
+        "/api/v1/services/x/start"
+    );
 
     // The control plane is down: the gateway still serves and answers 503 promptly.
     let started = std::time::Instant::now();

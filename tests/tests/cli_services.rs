@@ -289,3 +289,107 @@ fn token_is_sent_and_required_when_configured() {
         "the token leaked into logs"
     );
 }
+
+/// Seed §3.3: `connections --service NAME` is "view active connections": closed connections are
+/// listed only with `--status closed` or `--status all`.
+#[test]
+fn connections_lists_active_ones_unless_asked_for_more() {
+    use futures::StreamExt;
+
+    let stack = cli::up();
+    cli::install_echo_agent(stack.dir(), "echo_agent.py");
+    let port = cli::free_port().to_string();
+    stack
+        .cli(&[
+            "register",
+            "weather-agent",
+            "./agents/echo_agent.py",
+            "--port",
+            &port,
+        ])
+        .ok();
+    stack.cli(&["start", "weather-agent"]).ok();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = format!("{}?service=weather-agent", stack.proxy);
+    let routed_id = |frame: Option<Result<tokio_tungstenite::tungstenite::Message, _>>| {
+        let text = frame
+            .expect("a frame")
+            .expect("a message")
+            .into_text()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["event"], "connection_routed", "{v}");
+        v["data"]["connection_id"].as_str().unwrap().to_string()
+    };
+    let (closed_id, kept_id, _kept) = rt.block_on(async {
+        let (mut gone, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect");
+        let closed_id = routed_id(gone.next().await);
+        gone.close(None).await.expect("close");
+        while gone.next().await.is_some() {}
+        let (mut kept, _) = tokio_tungstenite::connect_async(&url)
+            .await
+            .expect("connect");
+        let kept_id = routed_id(kept.next().await);
+        (closed_id, kept_id, kept)
+    });
+
+    // Reports are batched: wait until the control plane knows both connections.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let all = stack
+            .cli(&["--output", "json", "connections", "--status", "all"])
+            .ok()
+            .json();
+        let closed = all["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["connection_id"] == closed_id.as_str() && c["status"] == "closed");
+        if all["total"] == 2 && closed {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both connections never showed up: {all}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    let active = stack
+        .cli(&[
+            "--output",
+            "json",
+            "connections",
+            "--service",
+            "weather-agent",
+        ])
+        .ok()
+        .json();
+    assert_eq!(active["total"], 1, "{active}");
+    assert_eq!(active["connections"][0]["connection_id"], kept_id.as_str());
+    assert_eq!(active["connections"][0]["status"], "active");
+    let table = stack
+        .cli(&["connections", "--service", "weather-agent"])
+        .ok();
+    assert!(table.stdout.contains(&kept_id), "{table}");
+    assert!(!table.stdout.contains(&closed_id), "{table}");
+
+    let closed = stack
+        .cli(&["--output", "json", "connections", "--status", "closed"])
+        .ok()
+        .json();
+    assert_eq!(closed["total"], 1, "{closed}");
+    assert_eq!(
+        closed["connections"][0]["connection_id"],
+        closed_id.as_str()
+    );
+    stack
+        .cli(&["connections", "--status", "bogus"])
+        .fails_with("INVALID_REQUEST");
+}

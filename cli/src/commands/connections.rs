@@ -7,13 +7,23 @@ use crate::client::Clients;
 use crate::error::Result;
 use crate::output::{json, text, Rendered};
 
-pub async fn list(c: &mut Clients, a: &ConnectionsArgs) -> Result<Rendered> {
-    let req = pb::ListConnectionsRequest {
+/// The request of `connections`: active ones unless `--status` says otherwise (`all` = no
+/// status filter).
+pub fn list_request(a: &ConnectionsArgs) -> pb::ListConnectionsRequest {
+    let status = match a.status.trim() {
+        "all" => String::new(),
+        s => s.to_string(),
+    };
+    pb::ListConnectionsRequest {
         service: a.service.clone().unwrap_or_default(),
-        status: a.status.clone().unwrap_or_default(),
+        status,
         limit: a.limit.unwrap_or(0),
         node_id: String::new(),
-    };
+    }
+}
+
+pub async fn list(c: &mut Clients, a: &ConnectionsArgs) -> Result<Rendered> {
+    let req = list_request(a);
     let r = c
         .connections
         .list_connections(req)

@@ -8,7 +8,7 @@ pub mod services;
 
 use std::any::Any;
 
-use axum::extract::{DefaultBodyLimit, FromRef, Request};
+use axum::extract::{DefaultBodyLimit, FromRef, OriginalUri, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -107,8 +107,10 @@ async fn not_found(req: Request) -> ApiError {
     .with_status(StatusCode::NOT_FOUND)
 }
 
-async fn method_not_allowed(req: Request) -> ApiError {
-    let path = req.uri().path().to_string();
+async fn method_not_allowed(OriginalUri(uri): OriginalUri, req: Request) -> ApiError {
+    // Inside the nested `/api/v1` router `req.uri()` has the prefix stripped; name the path
+    // the client sent, as the 404 fallback does.
+    let path = uri.path().to_string();
     ApiError::new(
         INVALID_REQUEST,
         format!("Method {} is not allowed on {}", req.method(), path),
