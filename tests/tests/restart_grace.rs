@@ -11,8 +11,10 @@ use futures::StreamExt;
 use myagent_proto::v1 as pb;
 use myagent_tests::control_plane::control_plane;
 use myagent_tests::proxy::{routed_eventually, send_text, spawn_proxy, Client};
+use pb::service_registry_client::ServiceRegistryClient;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
+use tonic::transport::Channel;
 
 const GRACE: u32 = 2;
 const NOTICE: &str = "Planned maintenance: grace-echo restarts in 2 seconds";
@@ -40,11 +42,14 @@ async fn next_event(ws: &mut Client, name: &str, within: Duration) -> Value {
     .unwrap_or_else(|_| panic!("no {name} event within {within:?}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_with_grace_notifies_clients_then_restarts() {
-    let cp = control_plane().spawn().await;
-    let proxy = spawn_proxy(&[cp.grpc_url()], |_| {}).await;
-    let mut registry = cp.registry().await;
+/// Registers a managed echo agent (examples/agents/echo_agent.py) on a free port as `name` and
+/// starts it.
+async fn start_echo_agent(
+    registry: &mut ServiceRegistryClient<Channel>,
+    name: &str,
+    tags: &[&str],
+    config: pb::ServiceConfig,
+) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -56,15 +61,14 @@ async fn restart_with_grace_notifies_clients_then_restarts() {
         .unwrap();
     registry
         .register_service(pb::RegisterServiceRequest {
-            name: "grace-echo".into(),
+            name: name.into(),
             agent_factory_path: agent.display().to_string(),
             host: "127.0.0.1".into(),
             port: u32::from(port),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
             config: Some(pb::ServiceConfig {
                 startup_timeout: Some(10.0),
-                // Keep the drain short: the client stays connected through the restart.
-                drain_timeout: Some(1.0),
-                ..Default::default()
+                ..config
             }),
             ..Default::default()
         })
@@ -72,13 +76,31 @@ async fn restart_with_grace_notifies_clients_then_restarts() {
         .expect("register");
     let started = registry
         .start_service(pb::StartServiceRequest {
-            service: "grace-echo".into(),
+            service: name.into(),
             ..Default::default()
         })
         .await
         .expect("start")
         .into_inner();
     assert_eq!(started.status, "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_grace_notifies_clients_then_restarts() {
+    let cp = control_plane().spawn().await;
+    let proxy = spawn_proxy(&[cp.grpc_url()], |_| {}).await;
+    let mut registry = cp.registry().await;
+    start_echo_agent(
+        &mut registry,
+        "grace-echo",
+        &[],
+        pb::ServiceConfig {
+            // Keep the drain short: the client stays connected through the restart.
+            drain_timeout: Some(1.0),
+            ..Default::default()
+        },
+    )
+    .await;
     let pid_of = |svc: pb::Service| svc.runtime.map(|r| r.pid).unwrap_or_default();
     let old_pid = pid_of(
         registry
@@ -198,40 +220,14 @@ async fn restart_with_grace_drains_clients_to_another_service_first() {
     let cp = control_plane().spawn().await;
     let proxy = spawn_proxy(&[cp.grpc_url()], |_| {}).await;
     let mut registry = cp.registry().await;
-    let agent = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/agents/echo_agent.py")
-        .canonicalize()
-        .unwrap();
     for name in ["drain-a", "drain-b"] {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        registry
-            .register_service(pb::RegisterServiceRequest {
-                name: name.into(),
-                agent_factory_path: agent.display().to_string(),
-                host: "127.0.0.1".into(),
-                port: u32::from(port),
-                tags: vec!["drain".into()],
-                config: Some(pb::ServiceConfig {
-                    startup_timeout: Some(10.0),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .expect("register");
-        let started = registry
-            .start_service(pb::StartServiceRequest {
-                service: name.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("start")
-            .into_inner();
-        assert_eq!(started.status, "running");
+        start_echo_agent(
+            &mut registry,
+            name,
+            &["drain"],
+            pb::ServiceConfig::default(),
+        )
+        .await;
     }
 
     let (mut ws, routed) = routed_eventually(proxy.ws_url("tag=drain")).await;
