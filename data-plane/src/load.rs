@@ -11,7 +11,7 @@ use myagent_proto::v1 as pb;
 struct Local {
     /// Live connections on this proxy.
     active: i64,
-    /// Sessions created on this proxy since start (monotonic).
+    /// Sessions created on this proxy, or moved here by failover, since start (monotonic).
     sessions_created: i64,
     /// Values when the last report was handed to the stream.
     reported_active: i64,
@@ -77,12 +77,14 @@ impl Load {
         })
     }
 
-    pub fn connection_opened(&self, service_id: &str, new_session: bool) {
+    /// A connection to `service_id` opened; `session_arrives` when it brings a session the
+    /// service did not hold (a new one, or one moved here by failover).
+    pub fn connection_opened(&self, service_id: &str, session_arrives: bool) {
         self.with(|t| {
             let l = t.local.entry(service_id.to_string()).or_default();
             l.active += 1;
             l.peak = l.peak.max(l.active);
-            if new_session {
+            if session_arrives {
                 l.sessions_created += 1;
             }
             t.node_active += 1;

@@ -266,3 +266,38 @@ async fn failover_buffer_overflow_closes_1013() {
     drop(blackhole);
     let _ = ws.next().await;
 }
+
+/// A session moved by failover counts against its new service's `max_sessions` at once, not
+/// only once the control plane's load figures catch up (this fake control plane sends none).
+#[tokio::test]
+async fn a_moved_session_counts_against_the_new_services_capacity() {
+    let a = echo_agent().spawn().await;
+    let b = echo_agent().spawn().await;
+    let cp = FakeControlPlane::spawn().await;
+    let proxy = spawn_proxy(&[cp.url()], |_| {}).await;
+    let mut svc_b = service("id-b", "b", b.addr, &["t"]);
+    svc_b.max_sessions = 2;
+    cp.push(full(
+        1,
+        vec![service("id-a", "a", a.addr, &["t"]), svc_b],
+        vec![],
+    ));
+    proxy.wait_version(1).await;
+    // One session on b, then one on a (the least-loaded of the two).
+    let (_on_b, d) = connect_routed(&proxy.ws_url("service=b")).await;
+    assert_eq!(d["target_service"], "b", "{d}");
+    let (mut moved, d) =
+        connect_routed(&proxy.ws_url("tag=t&routing_hint=least_connections")).await;
+    assert_eq!(d["target_service"], "a", "{d}");
+    // a goes away: the session moves to b, which now holds its two sessions.
+    a.drop_connections();
+    let switched = next_json(&mut moved).await;
+    assert_eq!(switched["event"], "service_switched", "{switched}");
+    assert_eq!(switched["data"]["to_service"], "b", "{switched}");
+    let mut third = connect(&proxy.ws_url("service=b")).await;
+    let (close, _, events) = read_until_close(&mut third).await;
+    let ev = events.first().expect("an error event");
+    assert_eq!(ev["event"], "error", "{ev}");
+    assert_eq!(ev["data"]["code"], "INSUFFICIENT_RESOURCES", "{ev}");
+    assert_eq!(close, 1013);
+}

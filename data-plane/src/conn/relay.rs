@@ -867,7 +867,10 @@ where
                     .with_label_values(&[reason])
                     .inc();
                 self.shared.load.connection_closed(&from.id);
-                self.shared.load.connection_opened(&to.id, false);
+                // The session now counts against the new service's `max_sessions` too, before
+                // the control plane's load figures show the move (the old service keeps it
+                // until then: capacity errs on the safe side).
+                self.shared.load.connection_opened(&to.id, true);
                 self.shared.sessions.bind(&self.session_id, &to.id);
                 self.shared.push_session_event(
                     pb::session_event::Kind::Moved,
