@@ -392,4 +392,12 @@ fn connections_lists_active_ones_unless_asked_for_more() {
     stack
         .cli(&["connections", "--status", "bogus"])
         .fails_with("INVALID_REQUEST");
+
+    // `disconnect` says what it did, naming the connection once.
+    let out = stack.cli(&["disconnect", &kept_id]).ok();
+    assert_eq!(
+        out.stdout,
+        format!("Connection {kept_id} disconnected\n"),
+        "{out}"
+    );
 }

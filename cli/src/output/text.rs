@@ -423,7 +423,8 @@ pub fn connections(r: &pb::ListConnectionsResponse) -> String {
 }
 
 pub fn disconnect(r: &pb::DisconnectResponse) -> String {
-    format!("{} ({})\n", r.message, r.connection_id)
+    // The message names the connection already.
+    format!("{}\n", r.message)
 }
 
 pub fn notification(r: &pb::SendNotificationResponse) -> String {
