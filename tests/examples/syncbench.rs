@@ -63,6 +63,19 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(a)
 }
 
+/// A config change: the service's weight (changes are visible to the proxies only when the
+/// weight differs from the current one).
+fn set_weight(service: &str, weight: u32, wait_for_sync: f64) -> pb::UpdateServiceConfigRequest {
+    pb::UpdateServiceConfigRequest {
+        service: service.to_string(),
+        config: Some(pb::ServiceConfig {
+            weight: Some(weight),
+            ..Default::default()
+        }),
+        wait_for_sync,
+    }
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
@@ -128,14 +141,7 @@ async fn main() -> anyhow::Result<()> {
     let first = loop {
         attempt += 1;
         let svc = registry
-            .update_service_config(pb::UpdateServiceConfigRequest {
-                service: names[0].clone(),
-                config: Some(pb::ServiceConfig {
-                    weight: Some(1000 - attempt),
-                    ..Default::default()
-                }),
-                wait_for_sync: WAIT_FOR_SYNC,
-            })
+            .update_service_config(set_weight(&names[0], 1000 - attempt, WAIT_FOR_SYNC))
             .await?
             .into_inner();
         let sync = svc.sync.unwrap_or_default();
@@ -153,14 +159,7 @@ async fn main() -> anyhow::Result<()> {
         let name = &names[(i * 7919) % names.len()];
         let t = Instant::now();
         let svc = registry
-            .update_service_config(pb::UpdateServiceConfigRequest {
-                service: name.clone(),
-                config: Some(pb::ServiceConfig {
-                    weight: Some(2 + (i % 900) as u32),
-                    ..Default::default()
-                }),
-                wait_for_sync: WAIT_FOR_SYNC,
-            })
+            .update_service_config(set_weight(name, 2 + (i % 900) as u32, WAIT_FOR_SYNC))
             .await?
             .into_inner();
         let took = t.elapsed();
@@ -182,14 +181,11 @@ async fn main() -> anyhow::Result<()> {
     for i in 0..args.changes {
         let t = Instant::now();
         registry
-            .update_service_config(pb::UpdateServiceConfigRequest {
-                service: names[(i * 7919) % names.len()].clone(),
-                config: Some(pb::ServiceConfig {
-                    weight: Some(2 + ((i + 450) % 900) as u32),
-                    ..Default::default()
-                }),
-                wait_for_sync: 0.0,
-            })
+            .update_service_config(set_weight(
+                &names[(i * 7919) % names.len()],
+                2 + ((i + 450) % 900) as u32,
+                0.0,
+            ))
             .await?;
         writes.push(t.elapsed());
     }

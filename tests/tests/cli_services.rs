@@ -340,26 +340,22 @@ fn connections_lists_active_ones_unless_asked_for_more() {
     });
 
     // Reports are batched: wait until the control plane knows both connections.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let all = stack
-            .cli(&["--output", "json", "connections", "--status", "all"])
-            .ok()
-            .json();
-        let closed = all["connections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|c| c["connection_id"] == closed_id.as_str() && c["status"] == "closed");
-        if all["total"] == 2 && closed {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "both connections never showed up: {all}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    rt.block_on(myagent_tests::wait::until(
+        "both connections, one of them closed, in `connections --status all`",
+        std::time::Duration::from_secs(20),
+        || async {
+            let all = stack
+                .cli(&["--output", "json", "connections", "--status", "all"])
+                .ok()
+                .json();
+            let closed = all["connections"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["connection_id"] == closed_id.as_str() && c["status"] == "closed");
+            (all["total"] == 2 && closed).then_some(())
+        },
+    ));
 
     let active = stack
         .cli(&[

@@ -197,17 +197,26 @@ async fn writes_that_wait_for_sync_answer_with_the_synced_status() {
         );
     };
     // Both proxies connected before the writes (until then a write waits for those it knows).
-    let first = registry
-        .register_service(pb::RegisterServiceRequest {
-            name: "synced".into(),
-            host: "127.0.0.1".into(),
-            port: 9,
-            wait_for_sync: 10.0,
-            ..Default::default()
-        })
-        .await
-        .expect("register")
-        .into_inner();
+    async fn register(
+        registry: &mut pb::service_registry_client::ServiceRegistryClient<
+            tonic::transport::Channel,
+        >,
+        name: &str,
+        port: u32,
+    ) -> pb::RegisterServiceResponse {
+        registry
+            .register_service(pb::RegisterServiceRequest {
+                name: name.into(),
+                host: "127.0.0.1".into(),
+                port,
+                wait_for_sync: 10.0,
+                ..Default::default()
+            })
+            .await
+            .expect("register")
+            .into_inner()
+    }
+    let first = register(&mut registry, "synced", 9).await;
     wait::until(
         "both proxies in the sync view",
         Duration::from_secs(10),
@@ -228,17 +237,7 @@ async fn writes_that_wait_for_sync_answer_with_the_synced_status() {
     .await;
     assert!(first.service.is_some());
 
-    let registered = registry
-        .register_service(pb::RegisterServiceRequest {
-            name: "synced-2".into(),
-            host: "127.0.0.1".into(),
-            port: 10,
-            wait_for_sync: 10.0,
-            ..Default::default()
-        })
-        .await
-        .expect("register")
-        .into_inner();
+    let registered = register(&mut registry, "synced-2", 10).await;
     check("register", registered.service.and_then(|s| s.sync));
     for (what, weight) in [
         ("config change", Some(7)),
