@@ -2,6 +2,7 @@
 //! failover) until either side ends it.
 
 mod relay;
+mod replay;
 pub mod upstream;
 pub mod ws;
 

@@ -20,6 +20,7 @@ use tokio::time::{Interval, MissedTickBehavior, Sleep};
 use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use super::replay::ReplayWindow;
 use super::upstream::Upstream;
 use super::ws::{CloseFrame, Message, WsError, WsStream};
 use super::{route_and_connect, Accepted};
@@ -88,8 +89,7 @@ pub struct Relay<C> {
     up_ctrl: Option<Message>,
     /// Client data frames sent upstream and not yet answered (one agent frame answers the
     /// oldest one): replayed to the next service on failover (at-least-once delivery).
-    unacked: VecDeque<Message>,
-    unacked_bytes: usize,
+    unacked: ReplayWindow,
     to_client: VecDeque<Message>,
     flush_up: bool,
     flush_client: bool,
@@ -142,24 +142,6 @@ fn data_len(m: &Message) -> usize {
         Message::Text(t) => t.len(),
         Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
         _ => 0,
-    }
-}
-
-/// Appends to a bounded replay window; beyond the bound the oldest frames count as delivered.
-fn push_bounded(
-    q: &mut VecDeque<Message>,
-    bytes: &mut usize,
-    m: Message,
-    max_frames: usize,
-    max_bytes: usize,
-) {
-    *bytes += data_len(&m);
-    q.push_back(m);
-    while q.len() > max_frames || *bytes > max_bytes {
-        match q.pop_front() {
-            Some(old) => *bytes -= data_len(&old),
-            None => break,
-        }
     }
 }
 
@@ -220,8 +202,10 @@ where
             to_up: VecDeque::new(),
             to_up_bytes: 0,
             up_ctrl: None,
-            unacked: VecDeque::new(),
-            unacked_bytes: 0,
+            unacked: ReplayWindow::new(
+                shared.settings.client_buffer_frames,
+                shared.settings.client_buffer_bytes,
+            ),
             to_client,
             flush_up: false,
             flush_client: false,
@@ -339,36 +323,21 @@ where
                     Poll::Ready(Err(e)) => return Poll::Ready(Ev::UpError(e)),
                     Poll::Pending => break,
                 }
-                // None: already written (the envelope goes straight into the frame).
-                let msg = match self.up_ctrl.take() {
-                    Some(m) => Some(m),
-                    None => {
-                        let Some(m) = self.to_up.pop_front() else {
-                            break;
-                        };
-                        self.to_up_bytes -= data_len(&m);
-                        let out = match (&m, self.envelope.as_mut()) {
-                            (Message::Text(t), Some(env)) => {
-                                up.start_send_text_parts(&env.parts(t.as_str()));
-                                None
-                            }
-                            _ => Some(m.clone()),
-                        };
-                        if matches!(m, Message::Text(_) | Message::Binary(_)) {
-                            let st = &self.shared.settings;
-                            push_bounded(
-                                &mut self.unacked,
-                                &mut self.unacked_bytes,
-                                m,
-                                st.client_buffer_frames,
-                                st.client_buffer_bytes,
-                            );
+                if let Some(m) = self.up_ctrl.take() {
+                    up.start_send(m);
+                } else {
+                    let Some(m) = self.to_up.pop_front() else {
+                        break;
+                    };
+                    self.to_up_bytes -= data_len(&m);
+                    self.unacked.push(&m);
+                    match (&m, self.envelope.as_mut()) {
+                        // The envelope goes straight into the frame.
+                        (Message::Text(t), Some(env)) => {
+                            up.start_send_text_parts(&env.parts(t.as_str()))
                         }
-                        out
+                        _ => up.start_send(m),
                     }
-                };
-                if let Some(msg) = msg {
-                    up.start_send(msg);
                 }
                 self.flush_up = true;
             }
@@ -638,9 +607,7 @@ where
                 }
                 // One answer acknowledges one request: exact for request/response agents;
                 // agents that answer several frames per request only shorten the replay window.
-                if let Some(acked) = self.unacked.pop_front() {
-                    self.unacked_bytes -= data_len(&acked);
-                }
+                self.unacked.ack();
                 if !self.is_closing() {
                     self.to_client.push_back(m);
                 }
@@ -763,6 +730,7 @@ where
         } else if !self.flush_client && !self.flush_up {
             // Quiet for a whole tick: an idle connection keeps no buffers.
             self.client.release_idle_buffers();
+            self.unacked.release_idle();
             if let Some(up) = self.up.as_mut() {
                 up.release_idle_buffers();
             }
@@ -813,11 +781,11 @@ where
         self.up_ctrl = None;
         self.flush_up = false;
         // Frames the old agent may not have processed go first, in their original order.
-        while let Some(m) = self.unacked.pop_back() {
-            self.to_up_bytes += data_len(&m);
+        let replay = self.unacked.take();
+        self.to_up_bytes += replay.iter().map(data_len).sum::<usize>();
+        for m in replay.into_iter().rev() {
             self.to_up.push_front(m);
         }
-        self.unacked_bytes = 0;
         self.to_up
             .retain(|m| matches!(m, Message::Text(_) | Message::Binary(_)));
         self.exclude.push(self.service.id.clone());

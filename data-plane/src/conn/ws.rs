@@ -504,9 +504,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
 fn whole(op: u8, payload: BytesMut) -> Result<Message, WsError> {
     let data = payload.freeze();
     if op == 0x1 {
-        Ok(Message::Text(
-            Utf8Bytes::try_from(data).map_err(|_| WsError::Utf8)?,
-        ))
+        Ok(Message::Text(checked_text(data)?))
     } else {
         Ok(Message::Binary(data))
     }
@@ -530,20 +528,28 @@ fn parse_close(p: &[u8]) -> Result<Option<CloseFrame>, WsError> {
     }
 }
 
-/// XORs `buf` with the repeating 4-byte `key` (masking and unmasking are the same), a word at
-/// a time.
+/// A text payload checked to be UTF-8, with SIMD where the CPU has it (`simdutf8`: the
+/// standard library's check was a quarter of the relay's instructions at 4 KiB messages).
+#[allow(unsafe_code)]
+fn checked_text(data: Bytes) -> Result<Utf8Bytes, WsError> {
+    simdutf8::basic::from_utf8(&data).map_err(|_| WsError::Utf8)?;
+    // SAFETY: `data` was checked to be UTF-8 on the line above, and `Bytes` is immutable.
+    Ok(unsafe { Utf8Bytes::from_bytes_unchecked(data) })
+}
+
+/// XORs `buf` with the repeating 4-byte `key` (masking and unmasking are the same), 32 bytes
+/// at a time: a fixed-size block XOR that the compiler turns into vector instructions.
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4]) {
-    let k = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
-    let mut chunks = buf.chunks_exact_mut(8);
-    for c in &mut chunks {
-        let mut w = [0u8; 8];
-        w.copy_from_slice(c);
-        c.copy_from_slice(&(u64::from_ne_bytes(w) ^ k).to_ne_bytes());
+    const BLOCK: usize = 32;
+    let wide: [u8; BLOCK] = std::array::from_fn(|i| key[i & 3]);
+    let (blocks, tail) = buf.as_chunks_mut::<BLOCK>();
+    for block in blocks {
+        for (b, k) in block.iter_mut().zip(wide) {
+            *b ^= k;
+        }
     }
-    // The tail starts at a multiple of 8, so key index = position mod 4 still holds.
-    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+    // The tail starts at a multiple of 4, so key index = position mod 4 still holds.
+    for (i, b) in tail.iter_mut().enumerate() {
         *b ^= key[i & 3];
     }
 }
@@ -581,8 +587,8 @@ mod tests {
 
     #[test]
     fn mask_roundtrip_any_length() {
-        for n in 0..40 {
-            let orig: Vec<u8> = (0..n as u8).collect();
+        for n in 0..140 {
+            let orig: Vec<u8> = (0..n).map(|i| (i * 7) as u8).collect();
             let mut b = orig.clone();
             apply_mask(&mut b, [1, 2, 3, 4]);
             for (i, (x, y)) in b.iter().zip(&orig).enumerate() {
@@ -591,6 +597,26 @@ mod tests {
             apply_mask(&mut b, [1, 2, 3, 4]);
             assert_eq!(b, orig);
         }
+    }
+
+    #[test]
+    fn text_is_checked_utf8_at_every_position() {
+        let good = "añ€😀".repeat(40);
+        assert_eq!(
+            checked_text(Bytes::from(good.clone())).unwrap(),
+            good.as_str()
+        );
+        for at in [0, 31, 64, 150, good.len() - 1] {
+            let mut bad = good.clone().into_bytes();
+            bad[at] = 0xff;
+            assert!(
+                matches!(checked_text(Bytes::from(bad)), Err(WsError::Utf8)),
+                "{at}"
+            );
+        }
+        // A character cut at the end of the payload.
+        let cut = &good.as_bytes()[..good.len() - 1];
+        assert!(checked_text(Bytes::copy_from_slice(cut)).is_err());
     }
 
     #[tokio::test]
