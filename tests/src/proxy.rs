@@ -278,6 +278,7 @@ pub fn service(id: &str, name: &str, addr: SocketAddr, tags: &[&str]) -> pb::Ser
         health: "healthy".into(),
         routable: true,
         draining: false,
+        drain_reason: String::new(),
         tags: tags.iter().map(|t| t.to_string()).collect(),
         max_sessions: 0,
         session_timeout: 1800,

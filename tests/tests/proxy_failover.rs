@@ -178,23 +178,36 @@ async fn draining_and_stopped_reasons() {
     let (mut ws, routed) = connect_routed(&proxy.ws_url("tag=t")).await;
     let from = routed["target_service"].as_str().unwrap().to_string();
     let idx = services.iter().position(|s| s.name == from).unwrap();
+    // A planned restart: the reason says so (a control plane that does not say why gives
+    // `service_draining`).
     services[idx].draining = true;
+    services[idx].drain_reason = "restart".into();
     cp.push(full(2, services.clone(), vec![]));
     let ev = next_json(&mut ws).await;
     assert_eq!(
         (ev["event"].as_str(), ev["data"]["reason"].as_str()),
-        (Some("service_switched"), Some("service_draining"))
+        (Some("service_switched"), Some("service_restarting"))
     );
     // Now stop the one it moved to (the first is back).
     let now = ev["data"]["to_service"].as_str().unwrap().to_string();
     services[idx].draining = false;
+    services[idx].drain_reason.clear();
     let j = services.iter().position(|s| s.name == now).unwrap();
     services[j].routable = false;
     services[j].status = "stopped".into();
-    cp.push(full(3, services, vec![]));
+    cp.push(full(3, services.clone(), vec![]));
     let ev = next_json(&mut ws).await;
     assert_eq!(ev["data"]["reason"], "service_stopped", "{ev}");
     assert_eq!(ev["data"]["to_service"], from.as_str());
+    // A requested stop drains first (still running): the reason is the stop, not the drain.
+    services[j].routable = true;
+    services[j].status = "running".into();
+    services[idx].draining = true;
+    services[idx].drain_reason = "stop".into();
+    cp.push(full(4, services, vec![]));
+    let ev = next_json(&mut ws).await;
+    assert_eq!(ev["data"]["reason"], "service_stopped", "{ev}");
+    assert_eq!(ev["data"]["to_service"], now.as_str());
 }
 
 #[tokio::test]

@@ -212,7 +212,7 @@ async fn restart_with_grace_notifies_clients_then_restarts() {
 }
 
 /// A planned restart drains instead of cutting (DESIGN §6): once the grace is over, the proxy
-/// moves the client to another candidate with `service_switched` (reason `service_draining`)
+/// moves the client to another candidate with `service_switched` (reason `service_restarting`)
 /// before the control plane sends SIGTERM, so the restart does not wait out the drain timeout
 /// (10 s by default here) and the client is not cut by the agent's exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,7 +267,10 @@ async fn restart_with_grace_drains_clients_to_another_service_first() {
         "{switched}"
     );
     assert_eq!(switched["data"]["to_service"], other, "{switched}");
-    assert_eq!(switched["data"]["reason"], "service_draining", "{switched}");
+    assert_eq!(
+        switched["data"]["reason"], "service_restarting",
+        "{switched}"
+    );
     assert_eq!(switched["data"]["session_preserved"], true, "{switched}");
 
     let (result, took) = tokio::time::timeout(Duration::from_secs(40), restart)
@@ -285,6 +288,65 @@ async fn restart_with_grace_drains_clients_to_another_service_first() {
     );
 
     // The client goes on with the other service.
+    send_text(&mut ws, r#"{"hello":"after"}"#).await;
+    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .unwrap()
+        .unwrap();
+    let text = echo.to_text().unwrap().to_string();
+    assert!(text.contains("after") && text.contains(other), "{text}");
+    drop(ws);
+    proxy.stop().await;
+    cp.shutdown().await;
+}
+
+/// A stop drains the same way, and the client is told why: `service_switched` with reason
+/// `service_stopped` (a restart says `service_restarting`), then it goes on with the other
+/// service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_moves_clients_with_reason_service_stopped() {
+    let cp = control_plane().spawn().await;
+    let proxy = spawn_proxy(&[cp.grpc_url()], |_| {}).await;
+    let mut registry = cp.registry().await;
+    for name in ["stop-a", "stop-b"] {
+        start_echo_agent(&mut registry, name, &["stop"], pb::ServiceConfig::default()).await;
+    }
+    let (mut ws, routed) = routed_eventually(proxy.ws_url("tag=stop")).await;
+    let first = routed["target_service"].as_str().unwrap().to_string();
+    let other = if first == "stop-a" {
+        "stop-b"
+    } else {
+        "stop-a"
+    };
+
+    let mut stopper = cp.registry().await;
+    let svc = first.clone();
+    let stop = tokio::spawn(async move {
+        stopper
+            .stop_service(pb::StopServiceRequest {
+                service: svc,
+                wait_for_sync: 0.0,
+            })
+            .await
+    });
+    let switched = next_event(&mut ws, "service_switched", Duration::from_secs(10)).await;
+    assert_eq!(switched["data"]["reason"], "service_stopped", "{switched}");
+    assert_eq!(
+        switched["data"]["from_service"],
+        first.as_str(),
+        "{switched}"
+    );
+    assert_eq!(switched["data"]["to_service"], other, "{switched}");
+    assert_eq!(switched["data"]["session_preserved"], true, "{switched}");
+    let stopped = tokio::time::timeout(Duration::from_secs(20), stop)
+        .await
+        .expect("stop returns")
+        .unwrap()
+        .expect("stop succeeds")
+        .into_inner();
+    assert_eq!(stopped.status, "stopped");
+
     send_text(&mut ws, r#"{"hello":"after"}"#).await;
     let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
         .await

@@ -69,6 +69,12 @@ pub(crate) fn service_snapshot(
         health: health_status.as_str().to_string(),
         routable,
         draining,
+        drain_reason: match (draining, def.desired) {
+            (false, _) => "",
+            (true, DesiredState::Stopped) => "stop",
+            (true, _) => "restart",
+        }
+        .to_string(),
         tags: def.tags.clone(),
         max_sessions: def.config.max_sessions,
         session_timeout: def.config.session_timeout,
@@ -181,15 +187,21 @@ mod tests {
         let stopping = runtime(ServiceStatus::Stopping);
         let s = service_snapshot(&d, Some(&stopping), None);
         assert!(s.draining && !s.routable);
+        assert_eq!(s.drain_reason, "restart", "stopping while desired running");
         let mut stop_requested = def();
         stop_requested.desired = DesiredState::Stopped;
         let s = service_snapshot(&stop_requested, Some(&running), None);
         assert!(s.draining && !s.routable);
+        assert_eq!(s.drain_reason, "stop");
+        let s = service_snapshot(&stop_requested, Some(&stopping), None);
+        assert_eq!((s.draining, s.drain_reason.as_str()), (true, "stop"));
         // A planned restart (desired stays running) drains while the supervisor says so.
         let mut restarting = runtime(ServiceStatus::Running);
         restarting.draining = true;
         let s = service_snapshot(&d, Some(&restarting), None);
         assert!(s.draining && !s.routable);
+        assert_eq!(s.drain_reason, "restart");
+        assert_eq!(service_snapshot(&d, Some(&running), None).drain_reason, "");
     }
 
     #[test]

@@ -689,7 +689,11 @@ where
         }
         let reason = match snap.service(&self.service.id) {
             None => "service_removed",
-            Some(s) if s.draining => "service_draining",
+            Some(s) if s.draining => match s.source.drain_reason.as_str() {
+                "stop" => "service_stopped",
+                "restart" => "service_restarting",
+                _ => "service_draining",
+            },
             Some(s) if !s.routable => match (s.source.status.as_str(), s.source.health.as_str()) {
                 ("stopped" | "stopping", _) => "service_stopped",
                 ("error", _) => "service_error",
