@@ -168,9 +168,12 @@ impl Router {
         let tag = req.tag.as_deref();
         let mut saw_full = false;
         let mut candidates = |target_tags: &[String]| -> Vec<Arc<Service>> {
-            let mut v: Vec<Arc<Service>> = snap
-                .services
-                .values()
+            // In name order, so round-robin and ties behave the same on every proxy; only the
+            // services of one wanted tag are looked at.
+            let from = tag.or(target_tags.first().map(String::as_str));
+            snap.order
+                .ids(from)
+                .filter_map(|id| snap.services.get(id))
                 .filter(|s| s.is_candidate() && !excluded(s) && s.has_tags(target_tags))
                 .filter(|s| tag.is_none_or(|t| s.tags.iter().any(|x| x == t)))
                 .filter(|s| {
@@ -179,10 +182,7 @@ impl Router {
                     !f
                 })
                 .cloned()
-                .collect();
-            // Stable order so round-robin and ties behave the same on every proxy.
-            v.sort_by(|a, b| a.name.cmp(&b.name));
-            v
+                .collect()
         };
 
         // 3. Enabled rules by priority; the first that matches and has a candidate wins.

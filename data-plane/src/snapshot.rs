@@ -100,6 +100,91 @@ fn endpoint_path(endpoint: &str) -> String {
     }
 }
 
+/// One service's place in [`Order`]: its name, then its id.
+type Entry = (Arc<str>, Arc<str>);
+
+/// Service ids in name order: every service, and the services of each tag. Routing takes its
+/// candidates from here, in the stable order it needs, instead of scanning and sorting every
+/// service for each connection.
+#[derive(Debug, Default, Clone)]
+pub struct Order {
+    all: Vec<Entry>,
+    by_tag: HashMap<String, Vec<Entry>>,
+}
+
+impl Order {
+    /// The ids of the services with `tag` (all services for `None`), in name order.
+    pub fn ids(&self, tag: Option<&str>) -> impl Iterator<Item = &Arc<str>> {
+        let list = match tag {
+            None => &self.all[..],
+            Some(t) => self.by_tag.get(t).map_or(&[][..], |v| &v[..]),
+        };
+        list.iter().map(|(_, id)| id)
+    }
+
+    fn insert(&mut self, name: &Arc<str>, id: &Arc<str>, tags: &[String]) {
+        let entry = (name.clone(), id.clone());
+        place(&mut self.all, entry.clone());
+        for t in dedup(tags) {
+            place(self.by_tag.entry(t.clone()).or_default(), entry.clone());
+        }
+    }
+
+    fn remove(&mut self, name: &str, tags: &[String]) {
+        unplace(&mut self.all, name);
+        for t in dedup(tags) {
+            if let Some(list) = self.by_tag.get_mut(t.as_str()) {
+                unplace(list, name);
+                if list.is_empty() {
+                    self.by_tag.remove(t.as_str());
+                }
+            }
+        }
+    }
+
+    fn build(
+        services: &HashMap<Arc<str>, Arc<Service>>,
+        names: &HashMap<Arc<str>, Arc<str>>,
+    ) -> Self {
+        let mut o = Order::default();
+        for (name, id) in names {
+            if let Some(s) = services.get(id) {
+                o.all.push((name.clone(), id.clone()));
+                for t in dedup(&s.tags) {
+                    o.by_tag
+                        .entry(t.clone())
+                        .or_default()
+                        .push((name.clone(), id.clone()));
+                }
+            }
+        }
+        o.all.sort_unstable();
+        for list in o.by_tag.values_mut() {
+            list.sort_unstable();
+        }
+        o
+    }
+}
+
+/// A service's tags, each once.
+fn dedup(tags: &[String]) -> impl Iterator<Item = &String> {
+    tags.iter()
+        .enumerate()
+        .filter(|(i, t)| !tags[..*i].contains(t))
+        .map(|(_, t)| t)
+}
+
+fn place(list: &mut Vec<Entry>, e: Entry) {
+    let at = list.partition_point(|(n, _)| n < &e.0);
+    list.insert(at, e);
+}
+
+fn unplace(list: &mut Vec<Entry>, name: &str) {
+    if let Ok(at) = list.binary_search_by(|(n, _)| (**n).cmp(name)) {
+        list.remove(at);
+    }
+}
+
 /// One immutable config version.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -112,6 +197,9 @@ pub struct Snapshot {
     pub services: HashMap<Arc<str>, Arc<Service>>,
     /// Service name → id.
     pub by_name: HashMap<Arc<str>, Arc<str>>,
+    /// Service ids in name order, all and by tag (shared with the previous version when a
+    /// delta changes no name and no tags).
+    pub order: Arc<Order>,
     /// Enabled rules, highest priority first (then name, for a stable order).
     pub rules: Vec<Arc<Rule>>,
     /// Every rule, enabled or not, by id (deltas replace by id).
@@ -129,6 +217,9 @@ impl Snapshot {
 
     /// Builds the next snapshot from `push` on top of `self`; all or nothing.
     pub fn apply(&self, push: &pb::ConfigPush) -> Result<Snapshot, String> {
+        // A delta edits the order in place when it changes names or tags (a copy of it: this
+        // snapshot stays as it is); a full push builds it once at the end.
+        let mut order: Option<Order> = None;
         let (mut services, mut by_name, mut all_rules) = if push.full {
             (HashMap::new(), HashMap::new(), HashMap::new())
         } else {
@@ -146,25 +237,45 @@ impl Snapshot {
         };
         // The names of removed and replaced services go first (a delta may swap two names),
         // then the new ones come in, each checked against the names that stay.
+        let mut edit = |f: &mut dyn FnMut(&mut Order)| {
+            if !push.full {
+                f(order.get_or_insert_with(|| (*self.order).clone()));
+            }
+        };
         for id in &push.removed_services {
             if let Some(old) = services.remove(id.as_str()) {
                 by_name.remove(old.name.as_str());
+                edit(&mut |o| o.remove(&old.name, &old.tags));
             }
         }
         for id in &push.removed_rules {
             all_rules.remove(id);
         }
         let mut built = Vec::with_capacity(push.services.len());
+        let mut seen = std::collections::HashSet::with_capacity(push.services.len());
         for s in &push.services {
+            if !seen.insert(s.service_id.as_str()) {
+                return Err(format!("service {:?}: twice in one push", s.service_id));
+            }
             let svc = Service::build(s)?;
+            // Whether its place in the order changes.
+            let mut moved = true;
             if let Some(old) = services.get(svc.id.as_str()) {
                 by_name.remove(old.name.as_str());
+                moved = old.name != svc.name || old.tags != svc.tags;
+                if moved {
+                    edit(&mut |o| o.remove(&old.name, &old.tags));
+                }
             }
-            built.push(svc);
+            built.push((svc, moved));
         }
-        for svc in built {
+        for (svc, moved) in built {
             let id: Arc<str> = Arc::from(svc.id.as_str());
-            if let Some(other) = by_name.insert(Arc::from(svc.name.as_str()), id.clone()) {
+            let name: Arc<str> = Arc::from(svc.name.as_str());
+            if moved {
+                edit(&mut |o| o.insert(&name, &id, &svc.tags));
+            }
+            if let Some(other) = by_name.insert(name, id.clone()) {
                 if other != id {
                     return Err(format!(
                         "service {:?}: name used by two services ({other}, {id})",
@@ -185,11 +296,17 @@ impl Snapshot {
                 .then_with(|| a.name.cmp(&b.name))
                 .then_with(|| a.id.cmp(&b.id))
         });
+        let order = match order {
+            _ if push.full => Arc::new(Order::build(&services, &by_name)),
+            Some(edited) => Arc::new(edited),
+            None => self.order.clone(),
+        };
         Ok(Snapshot {
             version: push.version,
             loaded: true,
             services,
             by_name,
+            order,
             rules,
             all_rules,
         })
@@ -239,6 +356,122 @@ mod tests {
             proxy_metadata: true,
             ..Default::default()
         }
+    }
+
+    fn order_of(s: &Snapshot, tag: Option<&str>) -> Vec<String> {
+        s.order.ids(tag).map(|id| id.to_string()).collect()
+    }
+
+    /// Random deltas (new services, renames, tag changes, status changes, removals): the
+    /// order kept by editing is always the one built from scratch, and a delta that moves
+    /// nothing shares the previous one.
+    #[test]
+    fn the_order_follows_every_delta() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let tagged = |id: u64, name: u64, tags: &[u64]| {
+            let mut s = svc(&format!("id{id}"), &format!("n{name}"));
+            s.tags = tags.iter().map(|t| format!("t{t}")).collect();
+            s
+        };
+        let mut snap = Snapshot::default();
+        let mut held: HashMap<u64, pb::ServiceSnapshot> = HashMap::new();
+        for version in 1..400u64 {
+            let mut push = pb::ConfigPush {
+                version,
+                base_version: version - 1,
+                full: version == 1 || next(50) == 0,
+                ..Default::default()
+            };
+            for _ in 0..1 + next(3) {
+                let id = next(30);
+                if push
+                    .services
+                    .iter()
+                    .any(|s| s.service_id == format!("id{id}"))
+                {
+                    continue;
+                }
+                match next(4) {
+                    0 if held.contains_key(&id) => {
+                        held.remove(&id);
+                        push.removed_services.push(format!("id{id}"));
+                    }
+                    1 if held.contains_key(&id) => {
+                        // Status only: its place does not change.
+                        let s = held.get_mut(&id).unwrap();
+                        s.routable = !s.routable;
+                        push.services.push(s.clone());
+                    }
+                    _ => {
+                        // New, renamed or re-tagged, with a name no other service holds.
+                        let name = (0..).map(|_| next(60)).find(|n| {
+                            held.iter()
+                                .all(|(i, s)| *i == id || s.name != format!("n{n}"))
+                        });
+                        let tags: Vec<u64> = (0..next(4)).map(|_| next(5)).collect();
+                        let s = tagged(id, name.unwrap(), &tags);
+                        held.insert(id, s.clone());
+                        push.services.push(s);
+                    }
+                }
+            }
+            if push.full {
+                push.services = held.values().cloned().collect();
+                push.removed_services.clear();
+            }
+            let before = snap.order.clone();
+            let next_snap = snap.apply(&push).unwrap();
+            let rebuilt = Order::build(&next_snap.services, &next_snap.by_name);
+            assert_eq!(next_snap.order.all, rebuilt.all, "version {version}");
+            assert_eq!(next_snap.order.by_tag, rebuilt.by_tag, "version {version}");
+            let moves = push.full
+                || !push.removed_services.is_empty()
+                || push.services.iter().any(|s| {
+                    snap.service(&s.service_id)
+                        .is_none_or(|old| old.name != s.name || old.tags != s.tags)
+                });
+            assert_eq!(
+                !moves,
+                Arc::ptr_eq(&before, &next_snap.order),
+                "version {version}"
+            );
+            snap = next_snap;
+        }
+        assert!(snap.order.all.len() > 5, "the run kept some services");
+    }
+
+    #[test]
+    fn the_order_is_by_name_and_lists_a_tag_once() {
+        let mut a = svc("1", "zeta");
+        a.tags = vec!["x".into(), "x".into(), "y".into()];
+        let mut b = svc("2", "alpha");
+        b.tags = vec!["x".into()];
+        let s = Snapshot::default()
+            .apply(&pb::ConfigPush {
+                version: 1,
+                full: true,
+                services: vec![a, b],
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(order_of(&s, None), ["2", "1"]);
+        // A push naming one service twice is refused.
+        let twice = pb::ConfigPush {
+            version: 2,
+            base_version: 1,
+            services: vec![svc("3", "c"), svc("3", "d")],
+            ..Default::default()
+        };
+        assert!(s.apply(&twice).unwrap_err().contains("twice"));
+        assert_eq!(order_of(&s, Some("x")), ["2", "1"]);
+        assert_eq!(order_of(&s, Some("y")), ["1"]);
+        assert!(order_of(&s, Some("nope")).is_empty());
     }
 
     #[test]

@@ -44,6 +44,18 @@ async fn next_event(ws: &mut Client, name: &str, within: Duration) -> Value {
 
 /// Registers a managed echo agent (examples/agents/echo_agent.py) on a free port as `name` and
 /// starts it.
+/// A message sent now is answered by `service` (its envelope names it).
+async fn assert_goes_on_with(ws: &mut Client, service: &str) {
+    send_text(ws, r#"{"hello":"after"}"#).await;
+    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .unwrap()
+        .unwrap();
+    let text = echo.to_text().unwrap().to_string();
+    assert!(text.contains("after") && text.contains(service), "{text}");
+}
+
 async fn start_echo_agent(
     registry: &mut ServiceRegistryClient<Channel>,
     name: &str,
@@ -288,14 +300,7 @@ async fn restart_with_grace_drains_clients_to_another_service_first() {
     );
 
     // The client goes on with the other service.
-    send_text(&mut ws, r#"{"hello":"after"}"#).await;
-    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("echo in time")
-        .unwrap()
-        .unwrap();
-    let text = echo.to_text().unwrap().to_string();
-    assert!(text.contains("after") && text.contains(other), "{text}");
+    assert_goes_on_with(&mut ws, other).await;
     drop(ws);
     proxy.stop().await;
     cp.shutdown().await;
@@ -347,14 +352,7 @@ async fn stop_moves_clients_with_reason_service_stopped() {
         .into_inner();
     assert_eq!(stopped.status, "stopped");
 
-    send_text(&mut ws, r#"{"hello":"after"}"#).await;
-    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("echo in time")
-        .unwrap()
-        .unwrap();
-    let text = echo.to_text().unwrap().to_string();
-    assert!(text.contains("after") && text.contains(other), "{text}");
+    assert_goes_on_with(&mut ws, other).await;
     drop(ws);
     proxy.stop().await;
     cp.shutdown().await;
