@@ -55,9 +55,13 @@ fn route_lifecycle_in_table_and_json() {
         ])
         .ok()
         .json();
+    // The REST answer to the same request: success, rule_id, message, the rule.
     assert_eq!(cjk["success"], true);
-    assert_eq!(cjk["name"], "VIP用户路由");
+    assert_eq!(cjk["message"], "Routing rule created successfully");
     let rule_id = cjk["rule_id"].as_str().expect("rule_id").to_string();
+    let cjk = &cjk["rule"];
+    assert_eq!(cjk["name"], "VIP用户路由");
+    assert_eq!(cjk["rule_id"], rule_id.as_str());
     let conds = cjk["conditions"].as_array().unwrap();
     assert_eq!(conds.len(), 5);
     assert_eq!(
@@ -122,6 +126,8 @@ fn route_lifecycle_in_table_and_json() {
         ])
         .ok()
         .json();
+    assert_eq!(updated["message"], "Routing rule updated successfully");
+    let updated = &updated["rule"];
     assert_eq!(updated["priority"], 20);
     assert_eq!(updated["target_strategy"], "random");
     assert_eq!(

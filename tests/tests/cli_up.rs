@@ -52,6 +52,38 @@ async fn up_prints_addresses_serves_all_three_and_stops_on_sigterm() {
     assert_eq!(body["total"], 1, "{body}");
     assert_eq!(body["services"][0]["service_id"], reg["service_id"]);
 
+    // `--output json` prints the REST answer to the same request, field for field.
+    let cli_json = |args: &'static [&'static str]| {
+        let (s, dir) = (stack.grpc.clone(), stack.dir().to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            let mut all = vec!["--output", "json"];
+            all.extend_from_slice(args);
+            cli::run_in(&dir, &s, &all).ok().json()
+        })
+    };
+    cli_json(&["route", "create", "r1", "--target-tag", "t"])
+        .await
+        .unwrap();
+    for (args, path) in [
+        (&["list"][..], "/services"),
+        (&["show", "ext"][..], "/services/ext"),
+        (&["route", "list"][..], "/routing/rules"),
+        (&["route", "show", "r1"][..], "/routing/rules/r1"),
+        (&["connections", "--status", "all"][..], "/connections"),
+        (&["status"][..], "/stats/overview"),
+    ] {
+        let from_cli = cli_json(args).await.unwrap();
+        let from_rest: serde_json::Value = http
+            .get(format!("{}{path}", stack.gateway))
+            .send()
+            .await
+            .expect("gateway reachable")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(from_cli, from_rest, "CLI {args:?} vs GET {path}");
+    }
+
     // The proxy and control-plane admin ports answer.
     for admin in [&stack.proxy_admin, &stack.control_plane_admin] {
         let r = http

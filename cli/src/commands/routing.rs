@@ -41,13 +41,14 @@ pub async fn run(c: &mut Clients, cmd: &RouteCommand) -> Result<Rendered> {
                 .await
                 .map_err(|s| c.err(s))?
                 .into_inner();
+            let fallback = "Routing rule deleted successfully";
             let message = if r.message.is_empty() {
-                "Routing rule deleted successfully".to_string()
+                fallback
             } else {
-                r.message
+                &r.message
             };
             Ok(Rendered::new(
-                json::deleted(&message),
+                json::deleted(message, fallback),
                 format!("{message} ({})\n", r.rule_id),
             ))
         }
@@ -76,7 +77,7 @@ async fn create(c: &mut Clients, a: &RouteCreateArgs) -> Result<Rendered> {
         .map_err(|s| c.err(s))?
         .into_inner();
     Ok(Rendered::new(
-        json::rule_created(&r),
+        json::rule_written(&r, "Routing rule created successfully"),
         format!("Routing rule created successfully\n\n{}", text::rule(&r)),
     ))
 }
@@ -120,7 +121,7 @@ async fn update(c: &mut Clients, a: &RouteUpdateArgs) -> Result<Rendered> {
         .map_err(|s| c.err(s))?
         .into_inner();
     Ok(Rendered::new(
-        json::rule(&r),
+        json::rule_written(&r, "Routing rule updated successfully"),
         format!("Routing rule updated\n\n{}", text::rule(&r)),
     ))
 }

@@ -153,13 +153,14 @@ pub async fn remove(c: &mut Clients, service: &str) -> Result<Rendered> {
         .await
         .map_err(|s| c.err(s))?
         .into_inner();
+    let fallback = "Service deleted successfully";
     let message = if r.message.is_empty() {
-        "Service deleted successfully".to_string()
+        fallback
     } else {
-        r.message.clone()
+        &r.message
     };
     Ok(Rendered::new(
-        json::deleted(&message),
+        json::deleted(message, fallback),
         format!("{message} ({})\n", r.service_id),
     ))
 }
@@ -183,5 +184,5 @@ pub async fn config(c: &mut Clients, a: &ConfigArgs) -> Result<Rendered> {
         .await
         .map_err(|s| c.err(s))?
         .into_inner();
-    Ok(Rendered::new(json::service(&s), text::service(&s)))
+    Ok(Rendered::new(json::config_updated(&s), text::service(&s)))
 }

@@ -32,10 +32,7 @@ pub async fn list(
         .list_connections(up.request(&auth, req, 0.0))
         .await?
         .into_inner();
-    Ok(Json(ConnectionList {
-        total: r.total,
-        connections: r.connections.into_iter().map(Into::into).collect(),
-    }))
+    Ok(Json(r.into()))
 }
 
 /// Close a client connection, optionally telling the client why first.
@@ -62,15 +59,7 @@ pub async fn disconnect(
         .disconnect(up.request(&auth, req, 0.0))
         .await?
         .into_inner();
-    Ok(Json(DisconnectResponse {
-        success: true,
-        connection_id: r.connection_id,
-        message: if r.message.is_empty() {
-            "Connection disconnected".into()
-        } else {
-            r.message
-        },
-    }))
+    Ok(Json(r.into()))
 }
 
 /// Send a `management_notification` to the clients of one service, or to every client.
@@ -89,8 +78,5 @@ pub async fn notify(
         .send_notification(up.request(&auth, req, 0.0))
         .await?
         .into_inner();
-    Ok(Json(NotificationResponse {
-        success: true,
-        delivered: r.delivered,
-    }))
+    Ok(Json(r.into()))
 }

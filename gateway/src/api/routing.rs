@@ -34,12 +34,10 @@ pub async fn create(
         .into_inner();
     Ok((
         StatusCode::CREATED,
-        Json(RuleWriteResponse {
-            success: true,
-            rule_id: rule.rule_id.clone(),
-            message: "Routing rule created successfully".into(),
-            rule: rule.into(),
-        }),
+        Json(RuleWriteResponse::new(
+            rule,
+            "Routing rule created successfully",
+        )),
     ))
 }
 
@@ -57,10 +55,7 @@ pub async fn list(
         .list_rules(up.request(&auth, req, 0.0))
         .await?
         .into_inner();
-    Ok(Json(RuleList {
-        total: r.total,
-        rules: r.rules.into_iter().map(Into::into).collect(),
-    }))
+    Ok(Json(r.into()))
 }
 
 /// One routing rule.
@@ -101,12 +96,10 @@ pub async fn update(
         .update_rule(up.request(&auth, req, wait))
         .await?
         .into_inner();
-    Ok(Json(RuleWriteResponse {
-        success: true,
-        rule_id: rule.rule_id.clone(),
-        message: "Routing rule updated successfully".into(),
-        rule: rule.into(),
-    }))
+    Ok(Json(RuleWriteResponse::new(
+        rule,
+        "Routing rule updated successfully",
+    )))
 }
 
 /// Delete a routing rule.
@@ -129,12 +122,8 @@ pub async fn delete(
         .delete_rule(up.request(&auth, req, wait))
         .await?
         .into_inner();
-    Ok(Json(DeleteResponse {
-        success: true,
-        message: if r.message.is_empty() {
-            "Routing rule deleted successfully".into()
-        } else {
-            r.message
-        },
-    }))
+    Ok(Json(DeleteResponse::new(
+        r.message,
+        "Routing rule deleted successfully",
+    )))
 }

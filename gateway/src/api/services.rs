@@ -31,16 +31,7 @@ pub async fn register(
         .register_service(up.request(&auth, req, wait))
         .await?
         .into_inner();
-    Ok((
-        StatusCode::CREATED,
-        Json(RegisterServiceResponse {
-            success: true,
-            service_id: r.service_id,
-            // The seed's exact wording, whatever the control plane says.
-            message: "Service registered successfully".into(),
-            endpoint: r.endpoint,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(r.into())))
 }
 
 /// List services, filtered by tag and status, paged.
@@ -107,12 +98,7 @@ pub async fn update_config(
         .update_service_config(up.request(&auth, req, wait))
         .await?
         .into_inner();
-    Ok(Json(UpdateConfigResponse {
-        success: true,
-        service_id: s.service_id,
-        message: "Service configuration updated".into(),
-        config: s.config.unwrap_or_default().into(),
-    }))
+    Ok(Json(s.into()))
 }
 
 /// Delete a service (stops it first when running).
@@ -135,10 +121,10 @@ pub async fn delete(
         .delete_service(up.request(&auth, req, wait))
         .await?
         .into_inner();
-    Ok(Json(DeleteResponse {
-        success: true,
-        message: non_empty(r.message, "Service deleted successfully"),
-    }))
+    Ok(Json(DeleteResponse::new(
+        r.message,
+        "Service deleted successfully",
+    )))
 }
 
 /// Start a service (managed: launch; external: admit to routing).
@@ -216,12 +202,4 @@ pub async fn restart(
         .await?
         .into_inner();
     Ok(Json(r.into()))
-}
-
-fn non_empty(s: String, fallback: &str) -> String {
-    if s.is_empty() {
-        fallback.to_string()
-    } else {
-        s
-    }
 }

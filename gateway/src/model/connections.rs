@@ -58,6 +58,15 @@ pub struct ConnectionList {
     pub total: u64,
 }
 
+impl From<pb::ListConnectionsResponse> for ConnectionList {
+    fn from(r: pb::ListConnectionsResponse) -> Self {
+        ConnectionList {
+            total: r.total,
+            connections: r.connections.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
 /// `POST /connections/{id}/disconnect` body (optional).
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +81,20 @@ pub struct DisconnectResponse {
     pub success: bool,
     pub connection_id: String,
     pub message: String,
+}
+
+impl From<pb::DisconnectResponse> for DisconnectResponse {
+    fn from(r: pb::DisconnectResponse) -> Self {
+        DisconnectResponse {
+            success: true,
+            connection_id: r.connection_id,
+            message: if r.message.is_empty() {
+                "Connection disconnected".into()
+            } else {
+                r.message
+            },
+        }
+    }
 }
 
 /// `POST /notifications` body.
@@ -106,4 +129,13 @@ pub struct NotificationResponse {
     pub success: bool,
     /// Client connections that received it.
     pub delivered: u64,
+}
+
+impl From<pb::SendNotificationResponse> for NotificationResponse {
+    fn from(r: pb::SendNotificationResponse) -> Self {
+        NotificationResponse {
+            success: true,
+            delivered: r.delivered,
+        }
+    }
 }

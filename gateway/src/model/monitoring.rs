@@ -273,6 +273,19 @@ pub struct LogMatch {
     pub message: String,
 }
 
+impl From<pb::LogEntry> for LogMatch {
+    fn from(l: pb::LogEntry) -> Self {
+        LogMatch {
+            timestamp: ts(l.timestamp.as_ref()),
+            service_id: l.service_id,
+            service_name: l.service_name,
+            level: l.level,
+            source: l.source,
+            message: l.message,
+        }
+    }
+}
+
 /// `GET /logs/search` answer (DESIGN §9).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct LogSearchView {
@@ -285,18 +298,7 @@ impl From<pb::SearchLogsResponse> for LogSearchView {
     fn from(r: pb::SearchLogsResponse) -> Self {
         LogSearchView {
             query: r.query,
-            results: r
-                .results
-                .into_iter()
-                .map(|l| LogMatch {
-                    timestamp: ts(l.timestamp.as_ref()),
-                    service_id: l.service_id,
-                    service_name: l.service_name,
-                    level: l.level,
-                    source: l.source,
-                    message: l.message,
-                })
-                .collect(),
+            results: r.results.into_iter().map(Into::into).collect(),
             total: r.total,
         }
     }

@@ -188,11 +188,31 @@ pub struct RuleWriteResponse {
     pub rule: RuleView,
 }
 
+impl RuleWriteResponse {
+    pub fn new(rule: pb::RoutingRule, message: &str) -> Self {
+        RuleWriteResponse {
+            success: true,
+            rule_id: rule.rule_id.clone(),
+            message: message.into(),
+            rule: rule.into(),
+        }
+    }
+}
+
 /// `GET /routing/rules` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RuleList {
     pub rules: Vec<RuleView>,
     pub total: u64,
+}
+
+impl From<pb::ListRulesResponse> for RuleList {
+    fn from(r: pb::ListRulesResponse) -> Self {
+        RuleList {
+            total: r.total,
+            rules: r.rules.into_iter().map(Into::into).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -120,6 +120,18 @@ pub struct RegisterServiceResponse {
     pub endpoint: String,
 }
 
+impl From<pb::RegisterServiceResponse> for RegisterServiceResponse {
+    fn from(r: pb::RegisterServiceResponse) -> Self {
+        RegisterServiceResponse {
+            success: true,
+            service_id: r.service_id,
+            // The seed's exact wording, whatever the control plane says.
+            message: "Service registered successfully".into(),
+            endpoint: r.endpoint,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListServicesQuery {
@@ -477,11 +489,36 @@ pub struct UpdateConfigResponse {
     pub config: ServiceConfigView,
 }
 
+impl From<pb::Service> for UpdateConfigResponse {
+    fn from(s: pb::Service) -> Self {
+        UpdateConfigResponse {
+            success: true,
+            service_id: s.service_id,
+            message: "Service configuration updated".into(),
+            config: s.config.unwrap_or_default().into(),
+        }
+    }
+}
+
 /// `DELETE` answer (DESIGN §9).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeleteResponse {
     pub success: bool,
     pub message: String,
+}
+
+impl DeleteResponse {
+    /// The control plane's message, or `fallback` when it gave none.
+    pub fn new(message: String, fallback: &str) -> Self {
+        DeleteResponse {
+            success: true,
+            message: if message.is_empty() {
+                fallback.to_string()
+            } else {
+                message
+            },
+        }
+    }
 }
 
 /// `?wait_for_sync=SECONDS` on every write: wait until every proxy has applied the change.
