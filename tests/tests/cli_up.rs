@@ -41,14 +41,19 @@ async fn up_prints_addresses_serves_all_three_and_stops_on_sigterm() {
         .unwrap()
     };
     let http = reqwest::Client::new();
-    let body: serde_json::Value = http
-        .get(format!("{}/services", stack.gateway))
-        .send()
-        .await
-        .expect("gateway reachable")
-        .json()
-        .await
-        .expect("json");
+    let rest_get = |path: &str| {
+        let req = http.get(format!("{}{path}", stack.gateway)).send();
+        async move {
+            let body: serde_json::Value = req
+                .await
+                .expect("gateway reachable")
+                .json()
+                .await
+                .expect("json");
+            body
+        }
+    };
+    let body = rest_get("/services").await;
     assert_eq!(body["total"], 1, "{body}");
     assert_eq!(body["services"][0]["service_id"], reg["service_id"]);
 
@@ -73,14 +78,7 @@ async fn up_prints_addresses_serves_all_three_and_stops_on_sigterm() {
         (&["status"][..], "/stats/overview"),
     ] {
         let from_cli = cli_json(args).await.unwrap();
-        let from_rest: serde_json::Value = http
-            .get(format!("{}{path}", stack.gateway))
-            .send()
-            .await
-            .expect("gateway reachable")
-            .json()
-            .await
-            .expect("json");
+        let from_rest = rest_get(path).await;
         assert_eq!(from_cli, from_rest, "CLI {args:?} vs GET {path}");
     }
 
