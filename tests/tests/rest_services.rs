@@ -196,6 +196,7 @@ async fn malformed_input_is_400_with_the_field_and_writes_nothing() {
             "colour",
         ),
         (r#"{"port": 8080}"#.into(), "name"),
+        (r#"{"name": "a", "port": 8080, "name": "b"}"#.into(), "name"),
         (r#"{"name": "", "port": 8080}"#.into(), "name"),
         (r#"{"name": "bad name!", "port": 8080}"#.into(), "name"),
         (r#"{"name": "a", "port": 0}"#.into(), "port"),
@@ -269,6 +270,20 @@ async fn malformed_input_is_400_with_the_field_and_writes_nothing() {
         assert_error(s, &b, 400, "INVALID_REQUEST")["field"],
         "limit"
     );
+    // An out-of-range restart grace is refused at once (it used to be accepted and held the
+    // request, and the service's lifecycle, for that many seconds).
+    let (s, b) = json(
+        c.post(gw.api("/services/ok/restart"))
+            .json(&json!({"grace_seconds": 100_000})),
+    )
+    .await;
+    assert_eq!(
+        assert_error(s, &b, 400, "INVALID_REQUEST")["field"],
+        "grace_seconds"
+    );
+    let (s, b) = json(c.get(gw.api("/services/ok"))).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["status"], "stopped", "a rejected restart started it: {b}");
 }
 
 #[tokio::test]

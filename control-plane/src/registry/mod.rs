@@ -26,6 +26,8 @@ pub use view::{ServiceStats, ServiceView};
 /// Default and maximum page size of `list`.
 pub const DEFAULT_LIMIT: u32 = 100;
 pub const MAX_LIMIT: u32 = 1000;
+/// Longest restart grace period: the same hour that bounds every other wait of the API.
+pub const MAX_GRACE_SECONDS: u32 = 3600;
 /// Attempts of an optimistic read-modify-write before giving up.
 const CAS_ATTEMPTS: usize = 32;
 
@@ -339,6 +341,14 @@ pub async fn lifecycle(
     grace_seconds: Option<u32>,
     message: String,
 ) -> Result<Written<LifecycleOutcome>> {
+    // Checked before anything is written: an unbounded grace would hold the restart (and every
+    // lifecycle call queued behind it) for up to 136 years.
+    if let Some(g) = grace_seconds.filter(|g| *g > MAX_GRACE_SECONDS) {
+        return Err(Error::invalid(
+            "grace_seconds",
+            format!("grace_seconds must be between 0 and {MAX_GRACE_SECONDS} (got {g})"),
+        ));
+    }
     let (def, _) = resolve(ctx, key).await?;
     let (runtime, verb) = match op {
         LifecycleOp::Start => (lifecycle::start(ctx, &def).await?, "started"),
