@@ -94,7 +94,7 @@ fn json_error(path: &str, e: &serde_json::Error) -> ApiError {
 fn data_error(path: &str, msg: &str) -> ApiError {
     let base = if path == "." || path == "?" { "" } else { path };
     // serde reports missing/unknown fields at the parent; the field name is in backticks.
-    let named = ["missing field `", "unknown field `"]
+    let named = ["missing field `", "unknown field `", "duplicate field `"]
         .iter()
         .find_map(|prefix| msg.strip_prefix(prefix))
         .and_then(|rest| rest.split('`').next());
@@ -219,6 +219,11 @@ mod tests {
         assert_eq!(field_of(r#"{"port": 8080}"#), "name");
         assert_eq!(field_of(r#"{"name": "a", "port": 70000}"#), "port");
         assert_eq!(field_of(r#"{"name": "a", "bogus": 1}"#), "bogus");
+        assert_eq!(field_of(r#"{"name": "a", "name": "b"}"#), "name");
+        assert_eq!(
+            field_of(r#"{"name": "a", "config": {"max_sessions": 1, "max_sessions": 2}}"#),
+            "config.max_sessions"
+        );
         assert_eq!(
             field_of(r#"{"name": "a", "config": {"max_sessions": -1}}"#),
             "config.max_sessions"
