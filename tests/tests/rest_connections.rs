@@ -43,3 +43,28 @@ async fn connections_disconnect_and_notifications_shapes() {
     .await;
     assert_eq!(assert_error(s, &b, 400, "INVALID_REQUEST")["field"], "type");
 }
+
+#[tokio::test]
+async fn unknown_service_filter_is_404_like_every_service_id_parameter() {
+    let cp = control_plane().spawn().await;
+    let gw = gateway().control_plane(cp.grpc_url()).spawn().await;
+    let c = client();
+
+    let (s, b) = json(c.get(gw.api("/connections?service_id=missing"))).await;
+    let d = assert_error(s, &b, 404, "SERVICE_NOT_FOUND");
+    assert_eq!(d["service_id"], "missing", "{b}");
+
+    // A registered service without connections, by name and by id: an empty list.
+    let (s, b) = json(
+        c.post(gw.api("/services"))
+            .json(&json!({"name": "quiet", "port": 9011})),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let id = b["service_id"].as_str().unwrap().to_string();
+    for key in ["quiet", id.as_str()] {
+        let (s, b) = json(c.get(gw.api(&format!("/connections?service_id={key}")))).await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b, json!({"connections": [], "total": 0}));
+    }
+}

@@ -5,6 +5,7 @@ use tonic::{Request, Response, Status};
 use myagent_proto::v1 as pb;
 use pb::connections_server::Connections;
 
+use super::health::find_service;
 use crate::error::Error;
 use crate::stream::config::timestamp;
 use crate::stream::connections::{list, ConnectionFilter};
@@ -62,6 +63,11 @@ impl Connections for ConnectionsService {
             node_id: r.node_id,
         };
         let (conns, total) = list(&self.hub, &filter)?;
+        // A filter naming no registered service is SERVICE_NOT_FOUND, as for every other
+        // `service_id` parameter; a deleted service's id still lists its remaining connections.
+        if total == 0 && !filter.service.trim().is_empty() {
+            find_service(&self.hub.inner.ctx, &filter.service).await?;
+        }
         Ok(Response::new(pb::ListConnectionsResponse {
             connections: conns.into_iter().map(Into::into).collect(),
             total,
