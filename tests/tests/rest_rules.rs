@@ -57,6 +57,12 @@ async fn rules_crud_with_seed_example() {
     assert_eq!(b["total"], 1, "{b}");
     let (_, b) = json(c.get(gw.api("/routing/rules?enabled=false"))).await;
     assert_eq!(b["rules"][0]["name"], "eu", "{b}");
+    // Python's requests sends `params={"enabled": True}` as `enabled=True`.
+    let (s, b) = json(c.get(gw.api("/routing/rules?enabled=True"))).await;
+    assert_eq!((s, &b["total"]), (200, &json!(1)), "{b}");
+    let (s, b) = json(c.get(gw.api("/routing/rules?enabled=0"))).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["rules"][0]["name"], "eu", "{b}");
     let (s, b) = json(c.get(gw.api("/routing/rules?enabled=perhaps"))).await;
     assert_eq!(
         assert_error(s, &b, 400, "INVALID_REQUEST")["field"],

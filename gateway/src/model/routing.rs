@@ -218,8 +218,25 @@ impl From<pb::ListRulesResponse> for RuleList {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListRulesQuery {
-    /// Only enabled (`true`) or disabled (`false`) rules.
+    /// Only enabled (`true`) or disabled (`false`) rules; `True`/`FALSE` and `1`/`0` also read.
+    #[serde(default, deserialize_with = "query_bool")]
+    #[param(value_type = Option<bool>)]
     pub enabled: Option<bool>,
+}
+
+/// A boolean query value in any case, or `1`/`0`: clients spell booleans their language's way
+/// (Python's `requests` sends `params={"enabled": True}` as `enabled=True`).
+fn query_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    let Some(v) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(Some(true)),
+        "false" | "0" => Ok(Some(false)),
+        _ => Err(serde::de::Error::custom(format!(
+            "expected `true` or `false`, got `{v}`"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -245,6 +262,24 @@ mod tests {
             parse_json(br#"{"field": "path", "operator": "equals", "value": "/x"}"#).unwrap();
         let view = serde_json::to_value(ConditionView::from(pb::Condition::from(c))).unwrap();
         assert_eq!(view["value"], "/x");
+    }
+
+    #[test]
+    fn enabled_reads_common_boolean_spellings() {
+        use crate::extract::parse_query;
+        for (q, want) in [
+            ("enabled=true", Some(true)),
+            ("enabled=True", Some(true)),
+            ("enabled=1", Some(true)),
+            ("enabled=FALSE", Some(false)),
+            ("enabled=0", Some(false)),
+            ("", None),
+        ] {
+            let got: ListRulesQuery = parse_query(q).unwrap();
+            assert_eq!(got.enabled, want, "{q}");
+        }
+        let e = parse_query::<ListRulesQuery>("enabled=maybe").unwrap_err();
+        assert_eq!(e.details["field"], "enabled");
     }
 
     #[test]
