@@ -78,6 +78,9 @@ pub struct Decision {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteError {
+    /// `service=` names no registered service (seed §4.2 `SERVICE_NOT_FOUND`; a known but
+    /// stopped or unhealthy one is `ROUTING_FAILED`, DESIGN §9).
+    ServiceNotFound(String),
     /// Nothing routable matched.
     RoutingFailed(String),
     /// Candidates exist but all are at `max_sessions`.
@@ -87,13 +90,16 @@ pub enum RouteError {
 impl RouteError {
     pub fn code(&self) -> &'static str {
         match self {
+            RouteError::ServiceNotFound(_) => "SERVICE_NOT_FOUND",
             RouteError::RoutingFailed(_) => "ROUTING_FAILED",
             RouteError::InsufficientResources(_) => "INSUFFICIENT_RESOURCES",
         }
     }
     pub fn message(&self) -> &str {
         match self {
-            RouteError::RoutingFailed(m) | RouteError::InsufficientResources(m) => m,
+            RouteError::ServiceNotFound(m)
+            | RouteError::RoutingFailed(m)
+            | RouteError::InsufficientResources(m) => m,
         }
     }
 }
@@ -147,7 +153,9 @@ impl Router {
             let s = snap
                 .service_by_name(name)
                 .or_else(|| snap.service(name))
-                .ok_or_else(|| RouteError::RoutingFailed(format!("Service '{name}' not found")))?;
+                .ok_or_else(|| {
+                    RouteError::ServiceNotFound(format!("Service '{name}' not found"))
+                })?;
             if !s.is_candidate() || excluded(s) {
                 return Err(RouteError::RoutingFailed(format!(
                     "Service '{name}' is not running and healthy"

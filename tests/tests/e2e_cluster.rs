@@ -92,9 +92,10 @@ async fn every_routing_path_through_two_proxies_on_two_replicas() {
             seen.sort();
             assert_eq!(seen, ["agent-a", "agent-b"], "round robin on {}", p.node_id);
 
-            // 5. Nothing matches → error event ROUTING_FAILED, then close 1013.
+            // 5. Nothing matches → error event ROUTING_FAILED, then close 1013; an unknown
+            //    service by name is SERVICE_NOT_FOUND.
             route_fails(&p.ws_url("tag=no-such-tag"), "ROUTING_FAILED").await;
-            route_fails(&p.ws_url("service=no-such-service"), "ROUTING_FAILED").await;
+            route_fails(&p.ws_url("service=no-such-service"), "SERVICE_NOT_FOUND").await;
 
             // A bad routing_hint is refused at the upgrade with 400 (never a panic).
             let err =
@@ -686,7 +687,7 @@ async fn proxies_route_while_the_control_plane_is_down_and_catch_up() {
         echo_via(&mut ws, "agent-d", "new-service").await;
         // Proxy 1 is still cut off and still serves its held config: it does not know agent-d.
         assert!(!c.p1.state().await.1);
-        route_fails(&c.p1.ws_url("service=agent-d"), "ROUTING_FAILED").await;
+        route_fails(&c.p1.ws_url("service=agent-d"), "SERVICE_NOT_FOUND").await;
         echo_via(&mut held, "agent-a", "still-held").await;
 
         // Replica A comes back; proxy 1 catches up.

@@ -178,11 +178,31 @@ async fn draining_and_stopped_reasons() {
     let (mut ws, routed) = connect_routed(&proxy.ws_url("tag=t")).await;
     let from = routed["target_service"].as_str().unwrap().to_string();
     let idx = services.iter().position(|s| s.name == from).unwrap();
-    // A planned restart: the reason says so (a control plane that does not say why gives
-    // `service_draining`).
+    // A drain without a reason (an older control plane): `service_unavailable`, one of the
+    // event's closed list of reasons (there is no `service_draining`).
+    services[idx].draining = true;
+    cp.push(full(2, services.clone(), vec![]));
+    let ev = next_json(&mut ws).await;
+    assert_eq!(
+        (ev["event"].as_str(), ev["data"]["reason"].as_str()),
+        (Some("service_switched"), Some("service_unavailable")),
+        "{ev}"
+    );
+    // Back to the first service, then a planned restart: the reason says so.
+    let other = ev["data"]["to_service"].as_str().unwrap().to_string();
+    services[idx].draining = false;
+    let k = services.iter().position(|s| s.name == other).unwrap();
+    services[k].draining = true;
+    services[k].drain_reason = "restart".into();
+    cp.push(full(3, services.clone(), vec![]));
+    let ev = next_json(&mut ws).await;
+    assert_eq!(ev["data"]["reason"], "service_restarting", "{ev}");
+    assert_eq!(ev["data"]["to_service"], from.as_str());
+    services[k].draining = false;
+    services[k].drain_reason.clear();
     services[idx].draining = true;
     services[idx].drain_reason = "restart".into();
-    cp.push(full(2, services.clone(), vec![]));
+    cp.push(full(4, services.clone(), vec![]));
     let ev = next_json(&mut ws).await;
     assert_eq!(
         (ev["event"].as_str(), ev["data"]["reason"].as_str()),
@@ -195,7 +215,7 @@ async fn draining_and_stopped_reasons() {
     let j = services.iter().position(|s| s.name == now).unwrap();
     services[j].routable = false;
     services[j].status = "stopped".into();
-    cp.push(full(3, services.clone(), vec![]));
+    cp.push(full(5, services.clone(), vec![]));
     let ev = next_json(&mut ws).await;
     assert_eq!(ev["data"]["reason"], "service_stopped", "{ev}");
     assert_eq!(ev["data"]["to_service"], from.as_str());
@@ -204,7 +224,7 @@ async fn draining_and_stopped_reasons() {
     services[j].status = "running".into();
     services[idx].draining = true;
     services[idx].drain_reason = "stop".into();
-    cp.push(full(4, services, vec![]));
+    cp.push(full(6, services, vec![]));
     let ev = next_json(&mut ws).await;
     assert_eq!(ev["data"]["reason"], "service_stopped", "{ev}");
     assert_eq!(ev["data"]["to_service"], now.as_str());

@@ -122,16 +122,25 @@ async fn decision_order_service_rules_tag_and_errors() {
     }
     assert_eq!(target(p, "tag=other").await, "c");
 
+    // An unknown service is the seed's SERVICE_NOT_FOUND; a known one that cannot take the
+    // connection (stopped) is ROUTING_FAILED (DESIGN §9).
     assert_eq!(
         route_err(p, "service=missing").await,
+        ("SERVICE_NOT_FOUND".into(), false, 1013)
+    );
+    assert_eq!(
+        route_err(p, "service=down").await,
         ("ROUTING_FAILED".into(), false, 1013)
     );
-    assert_eq!(route_err(p, "service=down").await.0, "ROUTING_FAILED");
     assert_eq!(route_err(p, "tag=nothing").await.0, "ROUTING_FAILED");
 
     let (_, metrics) = p.admin_get("/metrics").await;
     assert!(
-        metrics.contains("myagent_proxy_routing_failures_total{code=\"ROUTING_FAILED\"} 3"),
+        metrics.contains("myagent_proxy_routing_failures_total{code=\"ROUTING_FAILED\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("myagent_proxy_routing_failures_total{code=\"SERVICE_NOT_FOUND\"} 1"),
         "{metrics}"
     );
 }

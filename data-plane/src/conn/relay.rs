@@ -692,7 +692,9 @@ where
             Some(s) if s.draining => match s.source.drain_reason.as_str() {
                 "stop" => "service_stopped",
                 "restart" => "service_restarting",
-                _ => "service_draining",
+                // A control plane that does not say why: the service is merely unavailable
+                // (the event's reasons are a closed list; there is no `service_draining`).
+                _ => "service_unavailable",
             },
             Some(s) if !s.routable => match (s.source.status.as_str(), s.source.health.as_str()) {
                 ("stopped" | "stopping", _) => "service_stopped",
