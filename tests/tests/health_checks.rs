@@ -146,6 +146,29 @@ async fn manual_check_probes_now() {
         .unwrap()
         .into_inner();
     assert_eq!(st.status, "unknown", "a stopped service is not checked");
+    // A manual check's verdict counts at once (thresholds are for the periodic checker): the
+    // stopped service's probe fails, and it reads unhealthy after one failure, not three.
+    let st = health
+        .check_health(pb::CheckHealthRequest {
+            service: "manual".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (st.status.as_str(), st.consecutive_failures),
+        ("unhealthy", 1),
+        "{st:?}"
+    );
+    assert!(!st.message.is_empty(), "the failure says why: {st:?}");
+    let got = health
+        .get_health(pb::GetHealthRequest {
+            service: "manual".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.status, "unhealthy");
     fx.shutdown().await;
 }
 

@@ -113,7 +113,10 @@ pub async fn report_passive_failure(ctx: &Context, service_id: &str, error: &str
     record(&ctx.store, &def, r).await.map(|_| ())
 }
 
-/// Probes `def` now (from this replica) and records the result: the manual check.
+/// Probes `def` now (from this replica) and records the result: the manual check. Its verdict
+/// counts at once: the healthy/unhealthy thresholds smooth the periodic checker's noise, and an
+/// operator who asks for a check wants its answer (a failed probe reads `unhealthy`, not
+/// `unknown` with one failure of three).
 pub async fn check_now(
     store: &StoreRef,
     logs: Option<&LogHub>,
@@ -127,7 +130,10 @@ pub async fn check_now(
         response_time_ms: out.response_time_ms,
         error: out.error,
     };
-    match record(store, def, r).await? {
+    let mut cfg = def.config.clone();
+    cfg.healthy_threshold = 1;
+    cfg.unhealthy_threshold = 1;
+    match update(store, &def.id, move |s| state::apply(s, &cfg, &r)).await? {
         Some((st, change)) => {
             if let Some(l) = logs {
                 log_change(l, def, &st, change);
