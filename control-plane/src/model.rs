@@ -25,6 +25,10 @@ pub struct ServiceDef {
     /// A pending restart (with optional grace period); the supervisor clears it when done.
     #[serde(default)]
     pub restart: Option<RestartRequest>,
+    /// A delete is under way: the stop before it drains connections with reason
+    /// `service_removed`. Stored only while set.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleting: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

@@ -306,53 +306,68 @@ async fn restart_with_grace_drains_clients_to_another_service_first() {
     cp.shutdown().await;
 }
 
-/// A stop drains the same way, and the client is told why: `service_switched` with reason
-/// `service_stopped` (a restart says `service_restarting`), then it goes on with the other
-/// service.
+/// A stop or a delete drains the same way, and the client is told why: `service_switched`
+/// with reason `service_stopped` or `service_removed` (a restart says `service_restarting`),
+/// then it goes on with the other service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_moves_clients_with_reason_service_stopped() {
+    planned_switch("stop", "service_stopped").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_moves_clients_with_reason_service_removed() {
+    planned_switch("delete", "service_removed").await;
+}
+
+async fn planned_switch(op: &'static str, reason: &str) {
     let cp = control_plane().spawn().await;
     let proxy = spawn_proxy(&[cp.grpc_url()], |_| {}).await;
     let mut registry = cp.registry().await;
-    for name in ["stop-a", "stop-b"] {
-        start_echo_agent(&mut registry, name, &["stop"], pb::ServiceConfig::default()).await;
+    let (a, b) = (format!("{op}-a"), format!("{op}-b"));
+    for name in [&a, &b] {
+        start_echo_agent(&mut registry, name, &[op], pb::ServiceConfig::default()).await;
     }
-    let (mut ws, routed) = routed_eventually(proxy.ws_url("tag=stop")).await;
+    let (mut ws, routed) = routed_eventually(proxy.ws_url(&format!("tag={op}"))).await;
     let first = routed["target_service"].as_str().unwrap().to_string();
-    let other = if first == "stop-a" {
-        "stop-b"
-    } else {
-        "stop-a"
-    };
+    let other = if first == a { b } else { a };
 
-    let mut stopper = cp.registry().await;
-    let svc = first.clone();
-    let stop = tokio::spawn(async move {
-        stopper
-            .stop_service(pb::StopServiceRequest {
-                service: svc,
-                wait_for_sync: 0.0,
-            })
-            .await
+    let mut client = cp.registry().await;
+    let service = first.clone();
+    let call = tokio::spawn(async move {
+        match op {
+            "stop" => client
+                .stop_service(pb::StopServiceRequest {
+                    service,
+                    wait_for_sync: 0.0,
+                })
+                .await
+                .map(|r| r.into_inner().status),
+            _ => client
+                .delete_service(pb::DeleteServiceRequest {
+                    service,
+                    wait_for_sync: 0.0,
+                })
+                .await
+                .map(|_| "deleted".to_string()),
+        }
     });
     let switched = next_event(&mut ws, "service_switched", Duration::from_secs(10)).await;
-    assert_eq!(switched["data"]["reason"], "service_stopped", "{switched}");
+    assert_eq!(switched["data"]["reason"], reason, "{switched}");
     assert_eq!(
         switched["data"]["from_service"],
         first.as_str(),
         "{switched}"
     );
-    assert_eq!(switched["data"]["to_service"], other, "{switched}");
+    assert_eq!(switched["data"]["to_service"], other.as_str(), "{switched}");
     assert_eq!(switched["data"]["session_preserved"], true, "{switched}");
-    let stopped = tokio::time::timeout(Duration::from_secs(20), stop)
+    let done = tokio::time::timeout(Duration::from_secs(20), call)
         .await
-        .expect("stop returns")
+        .expect("the call returns")
         .unwrap()
-        .expect("stop succeeds")
-        .into_inner();
-    assert_eq!(stopped.status, "stopped");
+        .expect("the call succeeds");
+    assert_eq!(done, if op == "stop" { "stopped" } else { "deleted" });
 
-    assert_goes_on_with(&mut ws, other).await;
+    assert_goes_on_with(&mut ws, &other).await;
     drop(ws);
     proxy.stop().await;
     cp.shutdown().await;

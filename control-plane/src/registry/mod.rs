@@ -122,6 +122,7 @@ fn build_def(req: NewService) -> Result<ServiceDef> {
         config,
         desired: DesiredState::Stopped,
         restart: None,
+        deleting: false,
         created_at: now,
         updated_at: now,
     })
@@ -297,7 +298,7 @@ pub async fn delete(ctx: &Context, key: &str) -> Result<Written<ServiceDef>> {
         )
     });
     if active {
-        lifecycle::stop(ctx, &def).await?;
+        lifecycle::stop_for_delete(ctx, &def).await?;
     }
     let txn = Txn {
         compares: vec![],

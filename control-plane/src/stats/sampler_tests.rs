@@ -64,6 +64,7 @@ async fn add_service(ctx: &Context, id: &str, running: Option<(f64, f64)>) {
         config: ServiceConfig::default(),
         desired: DesiredState::Running,
         restart: None,
+        deleting: false,
         created_at: now,
         updated_at: now,
     };

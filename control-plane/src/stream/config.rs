@@ -71,6 +71,7 @@ pub(crate) fn service_snapshot(
         draining,
         drain_reason: match (draining, def.desired) {
             (false, _) => "",
+            (true, _) if def.deleting => "delete",
             (true, DesiredState::Stopped) => "stop",
             (true, _) => "restart",
         }
@@ -127,6 +128,7 @@ mod tests {
             config: ServiceConfig::default(),
             desired: DesiredState::Running,
             restart: None,
+            deleting: false,
             created_at: now,
             updated_at: now,
         }
@@ -193,6 +195,10 @@ mod tests {
         let s = service_snapshot(&stop_requested, Some(&running), None);
         assert!(s.draining && !s.routable);
         assert_eq!(s.drain_reason, "stop");
+        let mut deleting = stop_requested.clone();
+        deleting.deleting = true;
+        let s = service_snapshot(&deleting, Some(&running), None);
+        assert_eq!((s.draining, s.drain_reason.as_str()), (true, "delete"));
         let s = service_snapshot(&stop_requested, Some(&stopping), None);
         assert_eq!((s.draining, s.drain_reason.as_str()), (true, "stop"));
         // A planned restart (desired stays running) drains while the supervisor says so.

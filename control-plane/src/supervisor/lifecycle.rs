@@ -56,6 +56,7 @@ pub async fn start(ctx: &Context, service: &ServiceDef) -> Result<Runtime> {
             return None; // already running: nothing to do
         }
         def.desired = DesiredState::Running;
+        def.deleting = false;
         def.restart = Some(RestartRequest {
             id: req_id.clone(),
             requested_at: Utc::now(),
@@ -87,12 +88,22 @@ pub async fn start(ctx: &Context, service: &ServiceDef) -> Result<Runtime> {
 /// Returns the runtime once stopped; if the leader has not confirmed within the service's drain
 /// and grace periods, returns the runtime as it is (the intent stays recorded).
 pub async fn stop(ctx: &Context, service: &ServiceDef) -> Result<Runtime> {
+    stop_as(ctx, service, false).await
+}
+
+/// The stop that precedes a delete: the same, and the proxies say `service_removed`.
+pub async fn stop_for_delete(ctx: &Context, service: &ServiceDef) -> Result<Runtime> {
+    stop_as(ctx, service, true).await
+}
+
+async fn stop_as(ctx: &Context, service: &ServiceDef, deleting: bool) -> Result<Runtime> {
     let outcome = update_intent(ctx, &service.id, |def, rt| {
         let stopped = rt.is_none_or(|r| r.status == ServiceStatus::Stopped);
-        if def.desired == DesiredState::Stopped && stopped {
+        if def.desired == DesiredState::Stopped && stopped && def.deleting >= deleting {
             return None;
         }
         def.desired = DesiredState::Stopped;
+        def.deleting |= deleting;
         Some(())
     })
     .await?;
@@ -123,6 +134,7 @@ pub async fn restart(
     let grace = grace_seconds.unwrap_or(0);
     let outcome = update_intent(ctx, &service.id, |def, _| {
         def.desired = DesiredState::Running;
+        def.deleting = false;
         def.restart = Some(RestartRequest {
             id: req_id.clone(),
             requested_at: Utc::now(),

@@ -264,6 +264,7 @@ mod tests {
             config: ServiceConfig::default(),
             desired: DesiredState::Running,
             restart: None,
+            deleting: false,
             created_at: now,
             updated_at: now,
         }

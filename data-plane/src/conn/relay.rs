@@ -692,6 +692,7 @@ where
             Some(s) if s.draining => match s.source.drain_reason.as_str() {
                 "stop" => "service_stopped",
                 "restart" => "service_restarting",
+                "delete" => "service_removed",
                 // A control plane that does not say why: the service is merely unavailable
                 // (the event's reasons are a closed list; there is no `service_draining`).
                 _ => "service_unavailable",

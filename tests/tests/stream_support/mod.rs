@@ -368,6 +368,7 @@ pub fn service(id: &str, name: &str, port: u16) -> ServiceDef {
         config: ServiceConfig::default(),
         desired: DesiredState::Running,
         restart: None,
+        deleting: false,
         created_at: now,
         updated_at: now,
     }

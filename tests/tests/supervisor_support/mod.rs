@@ -101,6 +101,7 @@ impl Fixture {
             config,
             desired: DesiredState::Stopped,
             restart: None,
+            deleting: false,
             created_at: now,
             updated_at: now,
         };
