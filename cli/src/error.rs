@@ -136,6 +136,12 @@ impl Error {
     }
 }
 
+/// clap's rendering of a usage error with the seed's code after `error: `.
+pub fn usage_text(clap_text: &str) -> String {
+    let rest = clap_text.strip_prefix("error: ").unwrap_or(clap_text);
+    format!("error: INVALID_REQUEST: {rest}")
+}
+
 fn grpc_code_name(code: tonic::Code) -> &'static str {
     use tonic::Code::*;
     match code {

@@ -1,7 +1,5 @@
-use clap::Parser;
-
 fn main() {
-    let cli = myagent_cli::Cli::parse();
+    let cli = myagent_cli::parse_args();
     myagent_cli::init_tracing(&cli);
     let code = match tokio::runtime::Runtime::new() {
         Ok(rt) => match rt.block_on(myagent_cli::run(cli)) {
