@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValue, PossibleValuesParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::condition::{self, CONDITION_HELP};
@@ -18,6 +19,28 @@ pub const STRATEGIES: [&str; 5] = [
     "weighted",
     "consistent_hash",
 ];
+
+/// Service statuses `list --status` filters on (the control plane's, DESIGN §4).
+pub const SERVICE_STATUSES: [&str; 5] = ["stopped", "starting", "running", "stopping", "error"];
+
+/// `connections --status`: a connection's status, or `all`.
+pub const CONNECTION_STATUSES: [&str; 3] = ["active", "closed", "all"];
+
+/// Notification severities the control plane accepts.
+pub const SEVERITIES: [&str; 4] = ["info", "warning", "error", "critical"];
+
+/// Log levels for `logs --level`, with the spellings the control plane also reads (any case),
+/// so a typo is a usage error (exit 2) rather than a round trip.
+fn log_levels() -> PossibleValuesParser {
+    PossibleValuesParser::new([
+        PossibleValue::new("debug").aliases(["trace", "dbg"]),
+        PossibleValue::new("info").aliases(["information", "notice"]),
+        PossibleValue::new("warn").alias("warning"),
+        PossibleValue::new("error").aliases([
+            "err", "critical", "crit", "fatal", "panic", "alert", "emerg",
+        ]),
+    ])
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -120,7 +143,7 @@ pub struct RegisterArgs {
     /// Agent program (`.py` runs with python3, else executed directly); omit for an external service.
     pub path: Option<PathBuf>,
     /// Port the agent listens on (1-65535).
-    #[arg(long, env = "MYAGENT_PORT")]
+    #[arg(long, env = "MYAGENT_PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub port: u16,
     /// Host the agent listens on.
     #[arg(long, env = "MYAGENT_HOST", default_value = "localhost")]
@@ -207,8 +230,8 @@ pub struct ListArgs {
     /// Only services carrying this tag.
     #[arg(long, env = "MYAGENT_TAG")]
     pub tag: Option<String>,
-    /// Only services in this status (stopped, starting, running, stopping, error).
-    #[arg(long, env = "MYAGENT_STATUS")]
+    /// Only services in this status.
+    #[arg(long, env = "MYAGENT_STATUS", value_parser = SERVICE_STATUSES)]
     pub status: Option<String>,
     /// Page size (server default 100, max 1000).
     #[arg(long, env = "MYAGENT_LIMIT")]
@@ -235,8 +258,8 @@ pub struct LogsArgs {
     /// Keep printing new lines as they are written (Ctrl-C stops).
     #[arg(long, short = 'f', env = "MYAGENT_FOLLOW")]
     pub follow: bool,
-    /// Minimum level: debug, info, warn, error.
-    #[arg(long, env = "MYAGENT_LEVEL")]
+    /// Minimum level.
+    #[arg(long, env = "MYAGENT_LEVEL", ignore_case = true, value_parser = log_levels())]
     pub level: Option<String>,
     /// Number of (newest) lines to show.
     #[arg(long, env = "MYAGENT_LIMIT")]
@@ -265,7 +288,7 @@ pub struct ConnectionsArgs {
     pub service: Option<String>,
     /// Connections in this status: active (the default, seed §3.3 "view active connections"),
     /// closed, or all.
-    #[arg(long, env = "MYAGENT_STATUS", default_value = "active")]
+    #[arg(long, env = "MYAGENT_STATUS", default_value = "active", value_parser = CONNECTION_STATUSES)]
     pub status: String,
     /// Maximum number of connections shown.
     #[arg(long, env = "MYAGENT_LIMIT")]
@@ -299,8 +322,8 @@ pub struct NotifyArgs {
     /// Notification text.
     #[arg(long, env = "MYAGENT_MESSAGE")]
     pub message: String,
-    /// Severity: info, warning, error, critical.
-    #[arg(long, env = "MYAGENT_SEVERITY", default_value = "info")]
+    /// Severity.
+    #[arg(long, env = "MYAGENT_SEVERITY", default_value = "info", value_parser = SEVERITIES)]
     pub severity: String,
     /// Seconds until the announced event.
     #[arg(long, env = "MYAGENT_COUNTDOWN")]

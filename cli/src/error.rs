@@ -2,7 +2,11 @@
 
 use std::collections::BTreeMap;
 
+use std::io::Write;
+
 use tonic_types::StatusExt;
+
+use crate::args::OutputFormat;
 
 /// Exit status for an error the API returned (the code is printed).
 pub const EXIT_API: i32 = 1;
@@ -21,6 +25,8 @@ pub enum Error {
         code: String,
         message: String,
         details: BTreeMap<String, String>,
+        /// The gateway's reading of the same status, for `--output json` (the REST error body).
+        rest: Option<Box<myagent_gateway::ApiError>>,
     },
     #[error("UNAVAILABLE: cannot reach the control plane at {server}: {reason}")]
     Unreachable { server: String, reason: String },
@@ -84,10 +90,58 @@ impl Error {
         out
     }
 
+    /// `--output json` prints the REST body of the same request, which for a failure is the
+    /// seed's error envelope (§4.1): the gateway's own for an API error, the same shape with the
+    /// CLI's code otherwise. `None` for failures without a code (terminal, output).
+    pub fn json_body(&self) -> Option<serde_json::Value> {
+        let api = match self {
+            Error::Api {
+                rest: Some(rest), ..
+            } => (**rest).clone(),
+            Error::Api {
+                code,
+                message,
+                details,
+                ..
+            } => {
+                let mut e = myagent_gateway::ApiError::new(code.clone(), message.clone());
+                for (k, v) in details {
+                    e = e.with_detail(k, v.clone());
+                }
+                e
+            }
+            other => {
+                let code = other.code()?;
+                let text = other.to_string();
+                let message = text
+                    .strip_prefix(&format!("{code}: "))
+                    .unwrap_or(&text)
+                    .to_string();
+                myagent_gateway::ApiError::new(code, message)
+            }
+        };
+        serde_json::to_value(api.body()).ok()
+    }
+
+    /// Prints the error: `error: CODE: message` on stderr, and with `--output json` also the
+    /// error body on stdout, so scripts reading stdout get JSON either way.
+    pub fn report(&self, format: OutputFormat) {
+        eprintln!("{}", self.render());
+        if format == OutputFormat::Json {
+            if let Some(body) = self.json_body() {
+                if let Ok(text) = serde_json::to_string_pretty(&body) {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{text}");
+                }
+            }
+        }
+    }
+
     /// Converts a gRPC status; `server` is named when the failure is about reaching it.
     pub fn from_status(status: tonic::Status, server: &str) -> Self {
         if let Some(info) = status.get_details_error_info() {
             return Error::Api {
+                rest: Some(Box::new(myagent_gateway::ApiError::from_status(&status))),
                 code: info.reason,
                 message: status.message().to_string(),
                 details: info.metadata.into_iter().collect(),
@@ -119,6 +173,7 @@ impl Error {
                          (raise --timeout / MYAGENT_TIMEOUT)"
                     ),
                     details: BTreeMap::new(),
+                    rest: None,
                 }
             }
             code => Error::Api {
@@ -131,9 +186,16 @@ impl Error {
                     (_, m) => m.to_string(),
                 },
                 details: BTreeMap::new(),
+                rest: None,
             },
         }
     }
+}
+
+/// clap's rendering of a usage error with the seed's code after `error: `.
+pub fn usage_text(clap_text: &str) -> String {
+    let rest = clap_text.strip_prefix("error: ").unwrap_or(clap_text);
+    format!("error: INVALID_REQUEST: {rest}")
 }
 
 fn grpc_code_name(code: tonic::Code) -> &'static str {

@@ -17,6 +17,20 @@ pub use error::{Error, Result};
 use client::Clients;
 use commands::{connections, observe, routing, services};
 
+/// Parses the process's arguments. Help and version print as clap does; a usage error (unknown
+/// flag, missing argument, invalid value) prints `error: INVALID_REQUEST: ...` — the seed's code
+/// for invalid input, as every other error names its code — and exits 2.
+pub fn parse_args() -> Cli {
+    use clap::Parser;
+    Cli::try_parse().unwrap_or_else(|e| {
+        if !e.use_stderr() {
+            e.exit();
+        }
+        eprint!("{}", error::usage_text(&e.render().to_string()));
+        std::process::exit(error::EXIT_USAGE);
+    })
+}
+
 /// Runs one parsed command line to completion.
 pub async fn run(cli: Cli) -> Result<()> {
     let format = cli.global.output;

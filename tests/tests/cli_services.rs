@@ -180,9 +180,10 @@ fn register_list_show_remove_with_table_and_json_output() {
         .cli(&["register", "bad name!", "--port", "80"])
         .fails_with("INVALID_REQUEST");
     assert!(bad.stderr.contains("name"), "{bad}");
-    stack
+    let zero = stack
         .cli(&["register", "zero", "--port", "0"])
         .fails_with("INVALID_REQUEST");
+    assert_eq!(zero.code, Some(2), "port 0 is a usage error:\n{zero}");
     stack
         .cli(&[
             "register",
@@ -385,9 +386,10 @@ fn connections_lists_active_ones_unless_asked_for_more() {
         closed["connections"][0]["connection_id"],
         closed_id.as_str()
     );
-    stack
+    let bogus = stack
         .cli(&["connections", "--status", "bogus"])
         .fails_with("INVALID_REQUEST");
+    assert_eq!(bogus.code, Some(2), "{bogus}");
 
     // `disconnect` says what it did, naming the connection once.
     let out = stack.cli(&["disconnect", &kept_id]).ok();
@@ -396,4 +398,60 @@ fn connections_lists_active_ones_unless_asked_for_more() {
         format!("Connection {kept_id} disconnected\n"),
         "{out}"
     );
+}
+
+/// Invalid flag values are usage errors: exit 2 before any request, with the seed's code
+/// `INVALID_REQUEST` and clap's explanation; accepted spellings still reach the server (here an
+/// unreachable one, exit 69).
+#[test]
+fn invalid_flag_values_are_usage_errors_with_the_seed_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nowhere = "http://127.0.0.1:1";
+    for args in [
+        &["register", "a", "--port", "0"][..],
+        &["register", "a", "--port", "abc"],
+        &["register", "a", "--port", "70000"],
+        &["list", "--status", "bogus"],
+        &["logs", "a", "--level", "bogus"],
+        &["logs", "a", "--follow", "--level", "bogus"],
+        &["connections", "--status", "bogus"],
+        &[
+            "notify",
+            "--type",
+            "t",
+            "--message",
+            "m",
+            "--severity",
+            "bogus",
+        ],
+        &["monitor", "--interval", "0"],
+        &["route", "create", "r", "--strategy", "bogus"],
+        &["--output", "yaml", "status"],
+        &["status", "--output", "yaml"],
+        &["status", "--no-such-flag"],
+    ] {
+        let run = cli::run_in(dir.path(), nowhere, args).fails_with("INVALID_REQUEST");
+        assert_eq!(run.code, Some(2), "{run}");
+        assert!(run.stdout.is_empty(), "{run}");
+    }
+    for args in [
+        &["list", "--status", "running"][..],
+        &["logs", "a", "--level", "WARNING"],
+        &["logs", "a", "--level", "err"],
+        &["connections", "--status", "all"],
+        &[
+            "notify",
+            "--type",
+            "t",
+            "--message",
+            "m",
+            "--severity",
+            "critical",
+        ],
+    ] {
+        let run = cli::run_in(dir.path(), nowhere, args).fails_with("UNAVAILABLE");
+        assert_eq!(run.code, Some(69), "{run}");
+    }
+    let help = cli::run_in(dir.path(), nowhere, &["list", "--help"]).ok();
+    assert!(help.stdout.contains("--status"), "{help}");
 }

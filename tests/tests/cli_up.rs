@@ -82,6 +82,42 @@ async fn up_prints_addresses_serves_all_three_and_stops_on_sigterm() {
         assert_eq!(from_cli, from_rest, "CLI {args:?} vs GET {path}");
     }
 
+    // A failure is the same: `--output json` prints the REST error body (seed §4.1) on stdout,
+    // the `error: CODE: message` line on stderr, and exits 1.
+    for (args, path) in [
+        (&["show", "no-such-agent"][..], "/services/no-such-agent"),
+        (
+            &["route", "show", "no-such-rule"][..],
+            "/routing/rules/no-such-rule",
+        ),
+        (
+            &["logs", "no-such-agent"][..],
+            "/logs/services/no-such-agent",
+        ),
+    ] {
+        let (s, dir) = (stack.grpc.clone(), stack.dir().to_path_buf());
+        let run = tokio::task::spawn_blocking(move || {
+            let mut all = vec!["--output", "json"];
+            all.extend_from_slice(args);
+            cli::run_in(&dir, &s, &all)
+        })
+        .await
+        .unwrap();
+        assert_eq!(run.code, Some(1), "{run}");
+        let mut from_cli = run.json();
+        let mut from_rest = rest_get(path).await;
+        let code = from_rest["error"]["code"]
+            .as_str()
+            .expect("error code")
+            .to_string();
+        assert!(run.stderr.starts_with(&format!("error: {code}: ")), "{run}");
+        for body in [&mut from_cli, &mut from_rest] {
+            let ts = body["error"]["details"]["timestamp"].take();
+            assert!(ts.as_str().is_some_and(|t| t.ends_with('Z')), "{body}");
+        }
+        assert_eq!(from_cli, from_rest, "CLI {args:?} vs GET {path}");
+    }
+
     // The proxy and control-plane admin ports answer.
     for admin in [&stack.proxy_admin, &stack.control_plane_admin] {
         let r = http
