@@ -276,3 +276,53 @@ fn a_dropped_proxy_stops_accepting_and_closes_its_connections() {
         assert!(refused.is_err(), "the listener outlived the proxy");
     });
 }
+
+/// A client keepalive ping (as python `websockets` sends every 20 s) once the agent has taken
+/// every queued frame: it used to underflow the failover-buffer byte count, which panicked the
+/// relay in debug builds — the connection died without a CLOSED report, so its record stayed
+/// `active` in the store until the node's lease ran out.
+#[tokio::test]
+async fn a_client_ping_keeps_the_relay_alive_and_the_close_reported() {
+    let agent = echo_agent().spawn().await;
+    let cp = FakeControlPlane::spawn().await;
+    let proxy = spawn_proxy(&[cp.url()], |_| {}).await;
+    cp.push(full(
+        1,
+        vec![service("s1", "a", agent.addr, &["t"])],
+        vec![],
+    ));
+    proxy.wait_version(1).await;
+    let (mut ws, routed) = connect_routed(&proxy.ws_url("service=a")).await;
+    let connection_id = routed["connection_id"].as_str().unwrap().to_string();
+    send_text(&mut ws, "before").await;
+    let _ = next_msg(&mut ws).await;
+    ws.send(Message::Ping(b"keep".to_vec().into()))
+        .await
+        .unwrap();
+    send_text(&mut ws, "after").await;
+    // The pong (answered by the proxy's WebSocket layer) may come first.
+    let echoed = loop {
+        match next_msg(&mut ws).await {
+            Message::Pong(_) => continue,
+            m => break m,
+        }
+    };
+    assert!(echoed.to_text().unwrap().contains("after"), "{echoed:?}");
+    ws.close(None).await.unwrap();
+    cp.wait_for("connection closed report", Duration::from_secs(10), |ms| {
+        ms.iter()
+            .any(|m| match &m.kind {
+                Some(myagent_proto::v1::proxy_message::Kind::Report(r)) => {
+                    r.connections.iter().any(|c| {
+                        c.kind == myagent_proto::v1::connection_event::Kind::Closed as i32
+                            && c.connection
+                                .as_ref()
+                                .is_some_and(|c| c.connection_id == connection_id)
+                    })
+                }
+                _ => false,
+            })
+            .then_some(())
+    })
+    .await;
+}

@@ -180,6 +180,21 @@ async fn health_logs_and_stats_of_a_managed_agent() {
         sorted_keys(&t),
         sorted(&["metric", "period", "interval", "data"])
     );
+    // Without an interval the control plane picks one that fits the period: the seed's 5m for
+    // 1h, and something shorter for a period under 5m (was a 400 for a `5m` nobody asked for).
+    let (s, t) = json(c.get(gw.api("/stats/timeseries?metric=connections"))).await;
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(
+        (&t["period"], &t["interval"]),
+        (&json!("1h"), &json!("5m")),
+        "{t}"
+    );
+    let (s, t) = json(c.get(gw.api("/stats/timeseries?metric=connections&period=1m"))).await;
+    assert_eq!(s, 200, "{t}");
+    assert_eq!(t["period"], "1m", "{t}");
+    let interval = t["interval"].as_str().unwrap_or_default();
+    // In seconds: anything of a minute or more would render as `Nm` and not fit.
+    assert!(interval.ends_with('s'), "an interval inside 1m: {t}");
     let (s, b) = json(c.get(gw.api("/stats/timeseries?metric=bogus&period=1h&interval=5m"))).await;
     let details = assert_error(s, &b, 400, "INVALID_REQUEST");
     assert_eq!(details["field"], "metric", "{b}");

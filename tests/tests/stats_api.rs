@@ -165,13 +165,13 @@ async fn overview_validation_sampling_metrics_and_restart() {
         .unwrap()
         .into_inner();
     assert!(rt.data.is_empty());
-    // Defaults: a missing period is 1h, a missing interval about 60 points.
+    // Defaults: a missing period is 1h, a missing interval about 12 points (the seed's 5m).
     let d = client
         .get_timeseries(ts_request("sessions", "", "", ""))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((d.period.as_str(), d.interval.as_str()), ("1h", "1m"));
+    assert_eq!((d.period.as_str(), d.interval.as_str()), ("1h", "5m"));
 
     // The service view carries the stats block.
     let svc = cp

@@ -9,8 +9,9 @@ pub const MAX_POINTS: u64 = 10_000;
 pub const MAX_PERIOD_SECS: u64 = 366 * 86_400;
 /// Period used when the request leaves it empty.
 pub const DEFAULT_PERIOD: &str = "1h";
-/// Points aimed at when the request leaves the interval empty.
-const DEFAULT_POINTS: u64 = 60;
+/// Points aimed at when the request leaves the interval empty: 12 makes the default `1h`
+/// period come out at the seed's `5m` interval, and a short period still gets a valid interval.
+const DEFAULT_POINTS: u64 = 12;
 
 /// The time-series metrics (DESIGN §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -103,7 +104,8 @@ pub struct SeriesQuery {
 /// Validates `metric`, `period` and `interval` (field names as in the REST query string).
 ///
 /// Rules: `metric` is required and one of [`Metric::ALL`]; `period` defaults to 1h; `interval`
-/// defaults to about 60 points rounded to a whole minute (or `min_interval_secs`); the interval
+/// defaults to about 12 points rounded up to a readable span (1h → 5m; never shorter than
+/// `min_interval_secs` nor longer than the period); the interval
 /// must be at least the sampling interval, at most the period, and give at most
 /// [`MAX_POINTS`] points.
 pub fn validate(
@@ -292,11 +294,16 @@ mod tests {
         );
         assert_eq!((q.period.as_str(), q.interval.as_str()), ("1h", "5m"));
         let q = validate("cpu_percent", "", "", 10).unwrap();
-        assert_eq!((q.period.as_str(), q.interval.as_str()), ("1h", "1m"));
+        assert_eq!((q.period.as_str(), q.interval.as_str()), ("1h", "5m"));
         let q = validate("errors", "15m", "", 10).unwrap();
-        assert_eq!(q.interval_secs, 15);
+        assert_eq!(q.interval, "2m");
         let q = validate("errors", "7d", "", 10).unwrap();
-        assert_eq!(q.interval, "3h");
+        assert_eq!(q.interval, "1d");
+        // A period shorter than 5m still gets a default interval that fits it.
+        let q = validate("errors", "1m", "", 10).unwrap();
+        assert_eq!(q.interval, "10s");
+        let q = validate("errors", "20s", "", 10).unwrap();
+        assert_eq!(q.interval, "10s");
         assert!(validate("sessions", "7d", "2m", 10).is_ok());
         for m in Metric::ALL {
             assert_eq!(Metric::parse(m.as_str()), Some(m));

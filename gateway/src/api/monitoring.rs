@@ -36,10 +36,12 @@ pub async fn timeseries(
         .metric
         .filter(|m| !m.is_empty())
         .ok_or_else(|| ApiError::invalid("metric", "`metric` is required, e.g. connections"))?;
+    // Absent = empty: the control plane owns the defaults (1h, and an interval that fits the
+    // period), so `?period=1m` without an interval is not refused for a `5m` nobody asked for.
     let req = pb::GetTimeseriesRequest {
         metric,
-        period: q.period.unwrap_or_else(|| "1h".into()),
-        interval: q.interval.unwrap_or_else(|| "5m".into()),
+        period: q.period.unwrap_or_default(),
+        interval: q.interval.unwrap_or_default(),
         service: q.service_id.unwrap_or_default(),
     };
     let r = up

@@ -95,7 +95,7 @@ pub struct TimeseriesQuery {
     pub metric: Option<String>,
     /// e.g. 15m, 1h (default), 24h, 7d
     pub period: Option<String>,
-    /// e.g. 10s, 1m, 5m (default), 1h
+    /// e.g. 10s, 1m, 5m, 1h; default about 12 points of the period (5m for 1h)
     pub interval: Option<String>,
     /// Service id or name; absent = all services.
     pub service_id: Option<String>,
