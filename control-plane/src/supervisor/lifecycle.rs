@@ -99,7 +99,7 @@ pub async fn stop_for_delete(ctx: &Context, service: &ServiceDef) -> Result<Runt
 async fn stop_as(ctx: &Context, service: &ServiceDef, deleting: bool) -> Result<Runtime> {
     let outcome = update_intent(ctx, &service.id, |def, rt| {
         let stopped = rt.is_none_or(|r| r.status == ServiceStatus::Stopped);
-        if def.desired == DesiredState::Stopped && stopped && def.deleting >= deleting {
+        if def.desired == DesiredState::Stopped && stopped && (def.deleting || !deleting) {
             return None;
         }
         def.desired = DesiredState::Stopped;

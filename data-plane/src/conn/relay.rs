@@ -137,21 +137,14 @@ impl Wake for ControlWake {
     }
 }
 
+/// A frame's size as it counts in the message statistics and against the failover buffer
+/// (`to_up_bytes`): data frames only. Pings and pongs also pass through `to_up` but are never
+/// added, so taking one out must not subtract (a client keepalive ping underflowed the count:
+/// a panic in debug builds, and in release a huge count that closed the next failover with 1013).
 fn data_len(m: &Message) -> usize {
     match m {
         Message::Text(t) => t.len(),
-        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
-        _ => 0,
-    }
-}
-
-/// What a frame counts against the failover buffer (`to_up_bytes`): data frames only. Pings and
-/// pongs also pass through `to_up` but are never added, so taking one out must not subtract
-/// (a client keepalive ping underflowed the count: a panic in debug builds, and in release a
-/// huge count that closed the next failover with 1013).
-fn buffered_len(m: &Message) -> usize {
-    match m {
-        Message::Text(_) | Message::Binary(_) => data_len(m),
+        Message::Binary(b) => b.len(),
         _ => 0,
     }
 }
@@ -340,7 +333,7 @@ where
                     let Some(m) = self.to_up.pop_front() else {
                         break;
                     };
-                    self.to_up_bytes -= buffered_len(&m);
+                    self.to_up_bytes -= data_len(&m);
                     self.unacked.push(&m);
                     match (&m, self.envelope.as_mut()) {
                         // The envelope goes straight into the frame.
@@ -800,7 +793,7 @@ where
         self.flush_up = false;
         // Frames the old agent may not have processed go first, in their original order.
         let replay = self.unacked.take();
-        self.to_up_bytes += replay.iter().map(buffered_len).sum::<usize>();
+        self.to_up_bytes += replay.iter().map(data_len).sum::<usize>();
         for m in replay.into_iter().rev() {
             self.to_up.push_front(m);
         }
