@@ -162,7 +162,7 @@ where
     }
     let _ = io.shutdown().await;
     let mut sink = [0u8; 1024];
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+    let _ = crate::timer::timeout(Duration::from_secs(1), async {
         let mut left = 64 * 1024usize;
         while left > 0 {
             match io.read(&mut sink).await {

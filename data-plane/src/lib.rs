@@ -23,6 +23,7 @@ pub mod sessions;
 pub mod snapshot;
 pub mod state;
 pub mod strategy;
+pub mod timer;
 
 use std::net::SocketAddr;
 use std::path::Path;

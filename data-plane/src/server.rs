@@ -45,7 +45,7 @@ pub async fn serve(
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    crate::timer::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
             },
@@ -99,20 +99,26 @@ pub fn spawn_workers(
 ) -> Result<Workers> {
     let std_listener = listener.into_std()?;
     let done = CancellationToken::new();
+    // Keeps the threads' timers; their runtimes need no time driver.
+    let timers = crate::timer::Driver::start()?;
     let mut threads = Vec::with_capacity(n);
     for i in 0..n {
         let listener = std_listener.try_clone()?;
         // Sockets and timers: signal handling belongs to the main runtime (tokio still turns
         // its signal and child-process drivers with the I/O driver, as they are compiled in).
+        // No time driver: the thread's timers are kept by `timers` (see `crate::timer`).
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
-            .enable_time()
             .build()?;
+        let timers = timers.clone();
         let (tls, shared, tracker) = (tls.clone(), shared.clone(), tracker.clone());
         let (stop, done) = (stop.clone(), done.clone());
         let thread = std::thread::Builder::new()
             .name(format!("myagent-ws-{i}"))
             .spawn(move || {
+                if let Some(driver) = timers.handle() {
+                    crate::timer::keep_timers_on(driver);
+                }
                 rt.block_on(async move {
                     match TcpListener::from_std(listener) {
                         Ok(l) => serve(l, tls, shared, tracker.clone(), stop).await,
@@ -123,6 +129,9 @@ pub fn spawn_workers(
                         _ = done.cancelled() => {}
                     }
                 });
+                // Every connection (and timer) goes with the runtime, before the timer driver.
+                drop(rt);
+                drop(timers);
             })?;
         threads.push(thread);
     }
@@ -165,7 +174,7 @@ async fn tls_handshake(
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    match crate::timer::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -210,7 +219,7 @@ where
 {
     let mut buf = BytesMut::with_capacity(1024);
     let head =
-        match tokio::time::timeout(HEAD_TIMEOUT, handshake::read_head(&mut io, &mut buf)).await {
+        match crate::timer::timeout(HEAD_TIMEOUT, handshake::read_head(&mut io, &mut buf)).await {
             Ok(Ok(h)) => h,
             Ok(Err(HeadError::Bad(status, msg))) => {
                 let r = Reject::new(status, "INVALID_REQUEST", msg);

@@ -69,7 +69,7 @@ async fn resolve_session(
     };
     for pause in std::iter::once(&0).chain(retries) {
         if *pause > 0 {
-            tokio::time::sleep(Duration::from_millis(*pause)).await;
+            crate::timer::sleep(Duration::from_millis(*pause)).await;
         }
         let channel = shared
             .control_channel
@@ -81,7 +81,7 @@ async fn resolve_session(
         let call = client.resolve_session(pb::ResolveSessionRequest {
             session_id: sid.to_string(),
         });
-        match tokio::time::timeout(Duration::from_secs(2), call).await {
+        match crate::timer::timeout(Duration::from_secs(2), call).await {
             Ok(Ok(resp)) => {
                 let b = resp.into_inner();
                 if b.service_id.is_empty() || b.state == "completed" {
@@ -220,7 +220,7 @@ where
             client.start_send(Message::text(ev));
             let _ = client.send(Message::close(1013, e.code())).await;
             // Let the close handshake finish (bounded) so the client sees the frame.
-            let _ = tokio::time::timeout(Duration::from_secs(2), client.finish()).await;
+            let _ = crate::timer::timeout(Duration::from_secs(2), client.finish()).await;
             return None;
         }
     };

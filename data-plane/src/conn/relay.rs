@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
@@ -107,10 +107,15 @@ pub struct Relay<C> {
     rt_start: Option<Instant>,
     /// Alternates which side is read first, so a flooding side cannot starve the other.
     flip: bool,
-    /// Wakes this task for the control sources (shutdown, commands, config, tick) and notes
-    /// that one fired: they are polled only then, not on every socket event.
-    ctl: Arc<ControlWake>,
-    ctl_waker: Waker,
+    /// Which sources woke the task. Each socket and the control sources (shutdown, commands,
+    /// config, tick) are polled with a waker of their own that notes it fired, and a socket is
+    /// read only when it may have something: since its last `Pending` it woke, or the relay
+    /// has not read it (a read that must wait on the other side leaves the flag set).
+    wakes: Arc<Wakes>,
+    wakers: Wakers,
+    client_readable: bool,
+    up_readable: bool,
+    ctl_fired: bool,
     /// Messages and pings seen in either direction, and their number at the last tick: the
     /// tick, not every message, updates the last-activity time.
     activity: u64,
@@ -120,20 +125,53 @@ pub struct Relay<C> {
     rt_hist: LocalHistogram,
 }
 
+/// The sources that wake a relay (bits of [`Wakes::fired`]).
+const CLIENT: u8 = 1;
+const UP: u8 = 2;
+const CONTROL: u8 = 4;
+
 #[derive(Default)]
-struct ControlWake {
-    fired: AtomicBool,
+struct Wakes {
+    fired: AtomicU8,
     task: AtomicWaker,
 }
 
-impl Wake for ControlWake {
+/// The waker one source is polled with: notes the source, then wakes the task.
+struct SourceWake {
+    bit: u8,
+    wakes: Arc<Wakes>,
+}
+
+impl Wake for SourceWake {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.fired.store(true, Ordering::Release);
-        self.task.wake();
+        self.wakes.fired.fetch_or(self.bit, Ordering::Release);
+        self.wakes.task.wake();
+    }
+}
+
+struct Wakers {
+    client: Waker,
+    up: Waker,
+    control: Waker,
+}
+
+impl Wakers {
+    fn new(wakes: &Arc<Wakes>) -> Self {
+        let waker = |bit| {
+            Waker::from(Arc::new(SourceWake {
+                bit,
+                wakes: wakes.clone(),
+            }))
+        };
+        Wakers {
+            client: waker(CLIENT),
+            up: waker(UP),
+            control: waker(CONTROL),
+        }
     }
 }
 
@@ -183,15 +221,11 @@ where
         } else {
             (idle / 4).clamp(Duration::from_millis(20), Duration::from_secs(5))
         };
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut tick = crate::timer::interval_at(tokio::time::Instant::now() + period, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let config = WatchStream::from_changes(shared.config.clone());
         let shutdown = Box::pin(shared.shutdown.clone().cancelled_owned());
-        // Fired at first, so the first poll registers with every control source.
-        let ctl = Arc::new(ControlWake {
-            fired: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
+        let wakes = Arc::new(Wakes::default());
         let mut to_client = VecDeque::new();
         to_client.push_back(Message::text(routed_event));
         let mut r = Relay {
@@ -225,8 +259,12 @@ where
             exclude: Vec::new(),
             rt_start: None,
             flip: false,
-            ctl_waker: Waker::from(ctl.clone()),
-            ctl,
+            wakers: Wakers::new(&wakes),
+            wakes,
+            // The first poll tries every source (and so registers with each).
+            client_readable: true,
+            up_readable: true,
+            ctl_fired: true,
             activity: 0,
             activity_mark: 0,
             rt_hist: shared.metrics.upstream_response_seconds.local(),
@@ -289,6 +327,12 @@ where
     // ---------------------------------------------------------------- polling
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Ev> {
+        self.wakes.task.register(cx.waker());
+        let fired = self.wakes.fired.swap(0, Ordering::AcqRel);
+        self.client_readable |= fired & CLIENT != 0;
+        self.up_readable |= fired & UP != 0;
+        self.ctl_fired |= fired & CONTROL != 0;
+
         // Phase futures and timers.
         match &mut self.phase {
             Phase::Relay => {}
@@ -311,9 +355,11 @@ where
             }
         }
 
-        if let Poll::Ready(ev) = self.poll_control(cx) {
+        if let Poll::Ready(ev) = self.poll_control() {
             return Poll::Ready(ev);
         }
+        let client_cx = &mut Context::from_waker(&self.wakers.client);
+        let up_cx = &mut Context::from_waker(&self.wakers.up);
 
         // Writes towards the agent.
         if let Some(up) = self.up.as_mut().filter(|_| !self.up_done) {
@@ -322,7 +368,7 @@ where
                 if self.up_ctrl.is_none() && (!relay || self.to_up.is_empty()) {
                     break;
                 }
-                match up.poll_ready(cx) {
+                match up.poll_ready(up_cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Ev::UpError(e)),
                     Poll::Pending => break,
@@ -350,7 +396,7 @@ where
         // Writes towards the client.
         if !self.client_done {
             while !self.to_client.is_empty() {
-                match self.client.poll_ready(cx) {
+                match self.client.poll_ready(client_cx) {
                     Poll::Ready(Ok(())) => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Ev::ClientError(e)),
                     Poll::Pending => break,
@@ -367,9 +413,9 @@ where
         self.flip = !self.flip;
         for side in [self.flip, !self.flip] {
             let ev = if side {
-                self.poll_client_read(cx)
+                self.poll_client_read()
             } else {
-                self.poll_up_read(cx)
+                self.poll_up_read()
             };
             if let Poll::Ready(ev) = ev {
                 return Poll::Ready(ev);
@@ -377,9 +423,11 @@ where
         }
 
         // Nothing more to read right now: push out what was written.
+        let client_cx = &mut Context::from_waker(&self.wakers.client);
+        let up_cx = &mut Context::from_waker(&self.wakers.up);
         if self.flush_up {
             if let Some(up) = self.up.as_mut() {
-                match up.poll_flush(cx) {
+                match up.poll_flush(up_cx) {
                     Poll::Ready(Ok(())) => self.flush_up = false,
                     Poll::Ready(Err(e)) => return Poll::Ready(Ev::UpError(e)),
                     Poll::Pending => {}
@@ -389,7 +437,7 @@ where
             }
         }
         if self.flush_client && !self.client_done {
-            match self.client.poll_flush(cx) {
+            match self.client.poll_flush(client_cx) {
                 Poll::Ready(Ok(())) => self.flush_client = false,
                 Poll::Ready(Err(e)) => return Poll::Ready(Ev::ClientError(e)),
                 Poll::Pending => {}
@@ -399,47 +447,53 @@ where
         Poll::Pending
     }
 
-    fn poll_client_read(&mut self, cx: &mut Context<'_>) -> Poll<Ev> {
+    fn poll_client_read(&mut self) -> Poll<Ev> {
         if self.client_done {
             return Poll::Pending;
         }
         // While relaying, read only when the previous frame went out (backpressure); while
         // holding, keep reading into the bounded buffer.
         let relaying = self.is_relay() && self.up.is_some();
-        if relaying && !self.to_up.is_empty() {
+        if (relaying && !self.to_up.is_empty()) || !self.client_readable {
             return Poll::Pending;
         }
+        let cx = &mut Context::from_waker(&self.wakers.client);
         match self.client.poll_next(cx) {
             Poll::Ready(Some(Ok(m))) => Poll::Ready(Ev::ClientMsg(m)),
             Poll::Ready(Some(Err(e))) => Poll::Ready(Ev::ClientError(e)),
             Poll::Ready(None) => Poll::Ready(Ev::ClientEnd),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                self.client_readable = false;
+                Poll::Pending
+            }
         }
     }
 
-    fn poll_up_read(&mut self, cx: &mut Context<'_>) -> Poll<Ev> {
-        if self.up_done || !self.to_client.is_empty() {
+    fn poll_up_read(&mut self) -> Poll<Ev> {
+        if self.up_done || !self.to_client.is_empty() || !self.up_readable {
             return Poll::Pending;
         }
         let Some(up) = self.up.as_mut() else {
             return Poll::Pending;
         };
+        let cx = &mut Context::from_waker(&self.wakers.up);
         match up.poll_next(cx) {
             Poll::Ready(Some(Ok(m))) => Poll::Ready(Ev::UpMsg(m)),
             Poll::Ready(Some(Err(e))) => Poll::Ready(Ev::UpError(e)),
             Poll::Ready(None) => Poll::Ready(Ev::UpEnd),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                self.up_readable = false;
+                Poll::Pending
+            }
         }
     }
 
     /// Polls the control sources if one of them fired since the last look.
-    fn poll_control(&mut self, cx: &mut Context<'_>) -> Poll<Ev> {
-        self.ctl.task.register(cx.waker());
-        if !self.ctl.fired.swap(false, Ordering::AcqRel) {
+    fn poll_control(&mut self) -> Poll<Ev> {
+        if !std::mem::take(&mut self.ctl_fired) {
             return Poll::Pending;
         }
-        let mut ccx = Context::from_waker(&self.ctl_waker);
-        let cx = &mut ccx;
+        let cx = &mut Context::from_waker(&self.wakers.control);
         let ev = if !self.shutting_down && self.shutdown.as_mut().poll(cx).is_ready() {
             Ev::Shutdown
         } else if let Poll::Ready(c) = self.commands.poll_recv(cx) {
@@ -452,7 +506,7 @@ where
             return Poll::Pending;
         };
         // More may be waiting behind this one: look again next time.
-        self.ctl.fired.store(true, Ordering::Release);
+        self.ctl_fired = true;
         Poll::Ready(ev)
     }
 
@@ -725,7 +779,7 @@ where
         tracing::info!(connection_id = %self.acc.connection_id, service = %self.service.name, reason, "draining upstream");
         self.up_ctrl = Some(Message::close(1001, "service switching"));
         self.phase = Phase::Draining {
-            deadline: Box::pin(tokio::time::sleep(timeout)),
+            deadline: Box::pin(crate::timer::sleep(timeout)),
             reason,
         };
     }
@@ -779,7 +833,7 @@ where
             _ => self.up_done = true,
         }
         self.phase = Phase::Closing {
-            deadline: Box::pin(tokio::time::sleep(CLOSE_GRACE)),
+            deadline: Box::pin(crate::timer::sleep(CLOSE_GRACE)),
         };
     }
 
@@ -867,6 +921,7 @@ where
                     self.stats.to_proto(&self.shared.settings.node_id, "active"),
                 );
                 self.up = Some(up);
+                self.up_readable = true;
                 self.up_done = false;
                 self.service = to;
                 self.strategy = decision.strategy;

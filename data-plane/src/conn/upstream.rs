@@ -153,7 +153,7 @@ pub async fn connect(
         };
         Ok(WsStream::new(tcp, Role::Client, limits, &buf[head_len..]))
     };
-    match tokio::time::timeout(timeout, fut).await {
+    match crate::timer::timeout(timeout, fut).await {
         Ok(r) => r,
         Err(_) => Err(format!(
             "upstream {} did not answer within {timeout:?}",
