@@ -844,10 +844,14 @@ async fn least_connections_and_capacity_count_the_other_proxys_load() {
         .await;
         assert_eq!(s, 200, "{b}");
         // The probes above left idle sessions on agent-b; they count until they complete, so
-        // the service may already be full. Hold one more connection on proxy 1 if it routes.
-        let ev = probe(&c.p1.ws_url("service=agent-b")).await;
+        // the service may already be full. Hold one more connection on proxy 1 if it routes
+        // (one attempt: a probe before it would itself take the last session).
+        let mut ws = myagent_tests::proxy::connect_with(&c.p1.ws_url("service=agent-b"), &[]).await;
+        let ev = next_json(&mut ws).await;
         if ev["event"] == "connection_routed" {
-            held.push(routed(&c.p1.ws_url("service=agent-b"), &[]).await.0);
+            held.push(ws);
+        } else {
+            assert_eq!(ev["data"]["code"], "INSUFFICIENT_RESOURCES", "{ev}");
         }
         let t = Instant::now();
         wait::until("agent-b full as seen from proxy 2", WAIT, || async {
