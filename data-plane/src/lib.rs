@@ -17,6 +17,7 @@ pub mod json;
 pub mod load;
 pub mod metrics;
 pub mod routing;
+pub mod rt;
 pub mod rules;
 pub mod server;
 pub mod sessions;

@@ -15,7 +15,7 @@ use http::{header, HeaderMap, Method, StatusCode};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
@@ -26,12 +26,13 @@ use crate::conn::{self, Accepted};
 use crate::error::{Error, Result};
 use crate::handshake::{self, Head, HeadError, Reject};
 use crate::routing::RouteRequest;
+use crate::rt::{self, TcpStream};
 use crate::state::Shared;
 use crate::strategy::Strategy;
 
 /// Accepts connections until `stop` fires (over TLS when `tls` is set).
 pub async fn serve(
-    listener: TcpListener,
+    listener: rt::TcpListener,
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     tracker: TaskTracker,
@@ -57,7 +58,7 @@ pub async fn serve(
         // step before it (TLS handshake, request head, routing, upstream handshake) runs in a
         // box of its own that is freed when the step ends; a TLS connection's relay, larger by
         // the TLS state, is boxed too, so plain connections do not carry room for it.
-        tracker.spawn(async move {
+        rt::spawn(tracker.track_future(async move {
             match tls {
                 None => serve_client(tcp, peer, shared).await,
                 Some(acceptor) => {
@@ -71,7 +72,7 @@ pub async fn serve(
                     conn.await;
                 }
             }
-        });
+        }));
     }
 }
 
@@ -104,12 +105,6 @@ pub fn spawn_workers(
     let mut threads = Vec::with_capacity(n);
     for i in 0..n {
         let listener = std_listener.try_clone()?;
-        // Sockets and timers: signal handling belongs to the main runtime (tokio still turns
-        // its signal and child-process drivers with the I/O driver, as they are compiled in).
-        // No time driver: the thread's timers are kept by `timers` (see `crate::timer`).
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()?;
         let timers = timers.clone();
         let (tls, shared, tracker) = (tls.clone(), shared.clone(), tracker.clone());
         let (stop, done) = (stop.clone(), done.clone());
@@ -119,8 +114,16 @@ pub fn spawn_workers(
                 if let Some(driver) = timers.handle() {
                     crate::timer::keep_timers_on(driver);
                 }
+                // The thread's own event loop (`crate::rt`); its timers are kept by `timers`.
+                let rt = match rt::Runtime::new() {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "worker cannot start its event loop");
+                        return;
+                    }
+                };
                 rt.block_on(async move {
-                    match TcpListener::from_std(listener) {
+                    match rt::TcpListener::from_std(listener) {
                         Ok(l) => serve(l, tls, shared, tracker.clone(), stop).await,
                         Err(e) => tracing::error!(error = %e, "worker cannot use the listener"),
                     }

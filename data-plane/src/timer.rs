@@ -8,11 +8,12 @@
 //! tests, on an ordinary runtime) these are tokio's own.
 
 use std::cell::OnceCell;
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::runtime::{Handle, Runtime};
+use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, Sleep, Timeout};
 
 thread_local! {
@@ -64,6 +65,19 @@ fn on_driver<R>(f: impl FnOnce() -> R) -> R {
             f()
         }
         None => f(),
+    })
+}
+
+/// Runs `future` on the timer thread's runtime (for what needs a tokio runtime, such as name
+/// resolution, when called from a connection thread).
+pub fn background<F>(future: F) -> JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    DRIVER.with(|d| match d.get() {
+        Some(h) => h.spawn(future),
+        None => tokio::spawn(future),
     })
 }
 

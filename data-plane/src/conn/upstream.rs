@@ -3,9 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use crate::rt::TcpStream;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
@@ -36,15 +36,21 @@ async fn resolve(host: &str, port: u16) -> std::io::Result<SocketAddr> {
     if host.eq_ignore_ascii_case("localhost") {
         return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     }
-    tokio::net::lookup_host((host, port))
-        .await?
-        .next()
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{host} does not resolve"),
-            )
-        })
+    // (The resolver runs on a tokio runtime's blocking pool: the timer thread's.)
+    let name = host.to_string();
+    let found = crate::timer::background(async move {
+        tokio::net::lookup_host((name.as_str(), port))
+            .await
+            .map(|mut addrs| addrs.next())
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    found.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{host} does not resolve"),
+        )
+    })
 }
 
 fn encode_query_value(s: &str) -> String {
