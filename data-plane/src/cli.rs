@@ -152,7 +152,7 @@ pub struct Cli {
     #[arg(long, env = "MYAGENT_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration, help_heading = "Limits")]
     pub drain_timeout: Duration,
 
-    /// Event-loop threads serving client connections: each a single-threaded runtime accepting
+    /// Event-loop threads serving client connections: each a single-threaded event loop accepting
     /// on the shared listener, its connections and their upstreams staying on it (like nginx
     /// workers; no cross-thread wake-ups on the relay path). 0 = one per CPU.
     #[arg(
