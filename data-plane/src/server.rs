@@ -103,7 +103,10 @@ pub fn spawn_workers(
     // Keeps the threads' timers; their runtimes need no time driver.
     let timers = crate::timer::Driver::start()?;
     let mut threads = Vec::with_capacity(n);
+    // Each thread reports whether its event loop started (it must be made on the thread).
+    let (started_tx, started) = std::sync::mpsc::channel::<std::io::Result<()>>();
     for i in 0..n {
+        let started_tx = started_tx.clone();
         let listener = std_listener.try_clone()?;
         let timers = timers.clone();
         let (tls, shared, tracker) = (tls.clone(), shared.clone(), tracker.clone());
@@ -118,10 +121,11 @@ pub fn spawn_workers(
                 let rt = match rt::Runtime::new() {
                     Ok(rt) => rt,
                     Err(e) => {
-                        tracing::error!(error = %e, "worker cannot start its event loop");
+                        let _ = started_tx.send(Err(e));
                         return;
                     }
                 };
+                let _ = started_tx.send(Ok(()));
                 rt.block_on(async move {
                     match rt::TcpListener::from_std(listener) {
                         Ok(l) => serve(l, tls, shared, tracker.clone(), stop).await,
@@ -138,11 +142,21 @@ pub fn spawn_workers(
             })?;
         threads.push(thread);
     }
-    Ok(Workers {
+    let workers = Workers {
         threads,
         stop,
         done,
-    })
+    };
+    drop(started_tx);
+    for _ in 0..n {
+        match started.recv() {
+            Ok(Ok(())) => {}
+            // (Dropping `workers` stops the threads that did start.)
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => return Err(std::io::Error::other("a worker thread ended at start").into()),
+        }
+    }
+    Ok(workers)
 }
 
 impl Workers {

@@ -1,11 +1,11 @@
 //! Timers for code that runs on the connection threads.
 //!
-//! A connection thread's runtime has no time driver of its own: tokio turns its timer wheel
-//! and reads the clock on every wake-up, which cost about 15 % of the proxy's instructions per
-//! relayed round trip. The threads' timers (deadlines, timeouts and the relay's tick) are kept
-//! by a [`Driver`] on a thread of its own instead, which wakes a connection's task when one
-//! fires. Code that may run on a connection thread makes its timers here; elsewhere (and in
-//! tests, on an ordinary runtime) these are tokio's own.
+//! A connection thread's event loop (`crate::rt`) keeps no timers: a timer wheel turned on
+//! every wake-up (as tokio's is) cost about 15 % of the proxy's instructions per relayed round
+//! trip. The threads' timers (deadlines, timeouts and the relay's tick) are tokio timers kept
+//! by a [`Driver`] on a thread of its own, which wakes a connection's task when one fires.
+//! Code that may run on a connection thread makes its timers here; elsewhere (and in tests, on
+//! an ordinary runtime) these are tokio's own.
 
 use std::cell::OnceCell;
 use std::future::{Future, IntoFuture};
