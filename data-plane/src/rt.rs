@@ -104,46 +104,48 @@ enum Dir {
     Write,
 }
 
+impl Source {
+    /// The readiness flag and waker slot of one direction.
+    fn side(&mut self, dir: Dir) -> (&mut bool, &mut Option<Waker>) {
+        match dir {
+            Dir::Read => (&mut self.readable, &mut self.reader),
+            Dir::Write => (&mut self.writable, &mut self.writer),
+        }
+    }
+}
+
+/// Keeps `cx`'s waker in `slot` (a clone only when it is another one).
+fn keep_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
 /// Ready for `dir`? If not, `cx`'s waker is kept until the socket becomes ready.
 fn poll_ready(token: usize, dir: Dir, cx: &Context<'_>) -> Poll<()> {
     let r = with_reactor(|r| {
         let Some(s) = r.sources.get_mut(token) else {
             return Poll::Ready(());
         };
-        let (ready, slot) = match dir {
-            Dir::Read => (s.readable, &mut s.reader),
-            Dir::Write => (s.writable, &mut s.writer),
-        };
-        if ready {
+        let (ready, slot) = s.side(dir);
+        if *ready {
             return Poll::Ready(());
         }
-        match slot {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => *slot = Some(cx.waker().clone()),
-        }
+        keep_waker(slot, cx);
         Poll::Pending
     });
     r.unwrap_or(Poll::Ready(()))
 }
 
-/// The socket said "would block" (or drained its buffer) for `dir`.
+/// The socket said "would block" (or drained its buffer) for `dir`: not ready until its next
+/// event, which wakes `cx`.
 fn clear(token: usize, dir: Dir, cx: &Context<'_>) {
     let _ = with_reactor(|r| {
         if let Some(s) = r.sources.get_mut(token) {
-            let slot = match dir {
-                Dir::Read => {
-                    s.readable = false;
-                    &mut s.reader
-                }
-                Dir::Write => {
-                    s.writable = false;
-                    &mut s.writer
-                }
-            };
-            match slot {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                _ => *slot = Some(cx.waker().clone()),
-            }
+            let (ready, slot) = s.side(dir);
+            *ready = false;
+            keep_waker(slot, cx);
         }
     });
 }
@@ -158,28 +160,19 @@ impl Reactor {
         block: bool,
         sleeping: &AtomicBool,
     ) -> io::Result<()> {
-        {
-            let mut r = cell.borrow_mut();
-            let Some(r) = r.as_mut() else {
-                return Err(no_runtime());
-            };
-            let timeout = if block {
-                None
-            } else {
-                Some(std::time::Duration::ZERO)
-            };
-            let polled = r.poll.poll(events, timeout);
-            sleeping.store(false, Ordering::SeqCst);
-            match polled {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
         let mut r = cell.borrow_mut();
         let Some(r) = r.as_mut() else {
             return Err(no_runtime());
         };
+        let timeout = (!block).then_some(std::time::Duration::ZERO);
+        let polled = r.poll.poll(events, timeout);
+        sleeping.store(false, Ordering::SeqCst);
+        match polled {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        // (Wakers only queue tasks here; none runs, so no socket is made or dropped meanwhile.)
         for ev in events.iter() {
             if ev.token() == WAKE {
                 continue;
@@ -283,8 +276,8 @@ impl Wake for MainWake {
     }
 }
 
-/// Runs `future` on this thread's event loop. Panics unless called on a connection thread
-/// (inside [`Runtime::block_on`]).
+/// Runs `future` on this thread's event loop (called on a connection thread, inside
+/// [`Runtime::block_on`]; anywhere else the future is dropped, with an error logged).
 pub fn spawn<F: Future<Output = ()> + Send + 'static>(future: F) {
     let queue = EXECUTOR.with(|e| e.borrow().clone());
     let Some(queue) = queue else {
@@ -308,26 +301,19 @@ fn run(task: Arc<Task>) {
     let mut cx = Context::from_waker(&waker);
     let done = {
         let mut slot = task.future.lock().unwrap_or_else(|p| p.into_inner());
-        match slot.as_mut() {
-            Some(f) => {
-                // A panicking task ends alone (as on tokio), not the thread and its connections.
-                let polled =
-                    std::panic::catch_unwind(AssertUnwindSafe(|| f.as_mut().poll(&mut cx)));
-                match polled {
-                    Ok(Poll::Pending) => false,
-                    Ok(Poll::Ready(())) => {
-                        *slot = None;
-                        true
-                    }
-                    Err(_) => {
-                        tracing::error!("a connection task panicked; it was dropped");
-                        *slot = None;
-                        true
-                    }
-                }
+        let Some(f) = slot.as_mut() else { return };
+        // A panicking task ends alone (as on tokio), not the thread and its connections.
+        let done = match std::panic::catch_unwind(AssertUnwindSafe(|| f.as_mut().poll(&mut cx))) {
+            Ok(poll) => poll.is_ready(),
+            Err(_) => {
+                tracing::error!("a connection task panicked; it was dropped");
+                true
             }
-            None => false,
+        };
+        if done {
+            *slot = None;
         }
+        done
     };
     if done {
         let key = task.key.load(Ordering::Relaxed);
@@ -366,6 +352,7 @@ impl Runtime {
         let mut main = std::pin::pin!(main);
         let main_waker = Waker::from(Arc::new(MainWake(self.queue.clone())));
         let mut events = Events::with_capacity(EVENTS);
+        let mut poll_failed = false;
         loop {
             if self.queue.main_woken.swap(false, Ordering::SeqCst) {
                 let mut cx = Context::from_waker(&main_waker);
@@ -388,9 +375,13 @@ impl Runtime {
                 REACTOR.with(|cell| Reactor::turn(cell, &mut events, block, &self.queue.sleeping));
             self.queue.sleeping.store(false, Ordering::SeqCst);
             if let Err(e) = turned {
-                tracing::error!(error = %e, "event loop cannot poll; stopping");
-                // Nothing can make progress without the poller; give the main future a last
-                // look and drop the rest.
+                // `epoll_wait` does not fail on a valid instance. Should it, say so once and
+                // keep looking at the main future and the queue (woken from other threads, such
+                // as by the shutdown) every 10 ms instead of spinning.
+                if !poll_failed {
+                    tracing::error!(error = %e, "event loop cannot poll its sockets");
+                    poll_failed = true;
+                }
                 self.queue.main_woken.store(true, Ordering::SeqCst);
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
