@@ -152,8 +152,8 @@ fn clear(token: usize, dir: Dir, cx: &Context<'_>) {
 
 impl Reactor {
     /// Waits for socket events (blocking only if `block`) and wakes whoever waits on them.
-    /// `sleeping` is cleared as soon as the wait is over: wakes from here on are seen without
-    /// the `eventfd`.
+    /// `sleeping` is cleared as soon as the wait is over (on every path): wakes from here on are
+    /// seen without the `eventfd`.
     fn turn(
         cell: &RefCell<Option<Reactor>>,
         events: &mut Events,
@@ -162,6 +162,7 @@ impl Reactor {
     ) -> io::Result<()> {
         let mut r = cell.borrow_mut();
         let Some(r) = r.as_mut() else {
+            sleeping.store(false, Ordering::SeqCst);
             return Err(no_runtime());
         };
         let timeout = (!block).then_some(std::time::Duration::ZERO);
@@ -373,7 +374,6 @@ impl Runtime {
             }
             let turned =
                 REACTOR.with(|cell| Reactor::turn(cell, &mut events, block, &self.queue.sleeping));
-            self.queue.sleeping.store(false, Ordering::SeqCst);
             if let Err(e) = turned {
                 // `epoll_wait` does not fail on a valid instance. Should it, say so once and
                 // keep looking at the main future and the queue (woken from other threads, such
@@ -637,6 +637,8 @@ mod tests {
         let rt = Runtime::new().expect("runtime");
         let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
         let sender = std::thread::spawn(move || {
+            // Late enough that the loop is most likely asleep in `epoll_wait` (the test holds
+            // either way; this is the case it is for).
             std::thread::sleep(std::time::Duration::from_millis(50));
             let _ = tx.send(7);
         });

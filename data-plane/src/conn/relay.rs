@@ -289,13 +289,17 @@ where
     /// rather than an `async fn`: the future is the relay itself, not the relay twice (an
     /// `async fn` taking `self` keeps the argument and the moved-in value in separate slots).
     pub fn run(mut self) -> impl Future<Output = ()> {
-        std::future::poll_fn(move |cx| loop {
-            let Poll::Ready(ev) = self.poll_event(cx) else {
-                return Poll::Pending;
-            };
-            if self.handle(ev) {
-                self.finish();
-                return Poll::Ready(());
+        std::future::poll_fn(move |cx| {
+            // Once per poll: the sources' wakers wake this task.
+            self.wakes.task.register(cx.waker());
+            loop {
+                let Poll::Ready(ev) = self.poll_event(cx) else {
+                    return Poll::Pending;
+                };
+                if self.handle(ev) {
+                    self.finish();
+                    return Poll::Ready(());
+                }
             }
         })
     }
@@ -327,7 +331,6 @@ where
     // ---------------------------------------------------------------- polling
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Ev> {
-        self.wakes.task.register(cx.waker());
         let fired = self.wakes.fired.swap(0, Ordering::AcqRel);
         self.client_readable |= fired & CLIENT != 0;
         self.up_readable |= fired & UP != 0;
