@@ -199,18 +199,24 @@ fn parse_target(s: &str) -> anyhow::Result<Target> {
     })
 }
 
-/// CPU time (user+system) of the given processes, all threads, in microseconds.
+/// CPU time (user+system) of the given processes, all threads, in microseconds: the
+/// scheduler's exact run time of each thread (`/proc/PID/task/TID/schedstat`, nanoseconds),
+/// not `/proc/PID/stat`'s 10 ms ticks, which swing by several per cent over a 3 s run.
 fn cpu_us(pids: &[u32]) -> u64 {
-    // /proc/PID/stat fields 14 and 15 are utime and stime in clock ticks (USER_HZ = 100 on Linux).
-    pids.iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
-        .filter_map(|s| {
-            let after = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = after.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .sum::<u64>()
-        * 10_000
+    let thread_ns = |path: std::path::PathBuf| -> Option<u64> {
+        std::fs::read_to_string(path.join("schedstat"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    let ns: u64 = pids
+        .iter()
+        .filter_map(|p| std::fs::read_dir(format!("/proc/{p}/task")).ok())
+        .flat_map(|threads| threads.filter_map(|t| thread_ns(t.ok()?.path())))
+        .sum();
+    ns / 1000
 }
 
 async fn open(t: &Target) -> anyhow::Result<Ws> {
@@ -341,7 +347,7 @@ async fn pingpong(
         p50_us: hist.value_at_quantile(0.5) as f64,
         p99_us: hist.value_at_quantile(0.99) as f64,
         cpu_us_per_msg: (!t.pids.is_empty() && msgs > 0)
-            .then(|| (cpu1 - cpu0) as f64 / msgs as f64),
+            .then(|| cpu1.saturating_sub(cpu0) as f64 / msgs as f64),
         errors: errors.load(Ordering::Relaxed),
         ..Default::default()
     })
@@ -428,7 +434,7 @@ async fn stream(
         bytes: msgs * size as u64,
         secs,
         cpu_us_per_msg: (!t.pids.is_empty() && msgs > 0)
-            .then(|| (cpu1 - cpu0) as f64 / msgs as f64),
+            .then(|| cpu1.saturating_sub(cpu0) as f64 / msgs as f64),
         errors: errors.load(Ordering::Relaxed),
         ..Default::default()
     })
@@ -480,7 +486,8 @@ async fn connect_storm(t: &Target, total: usize, parallel: usize) -> anyhow::Res
     Ok(Outcome {
         msgs: n,
         secs,
-        cpu_us_per_msg: (!t.pids.is_empty() && n > 0).then(|| (cpu1 - cpu0) as f64 / n as f64),
+        cpu_us_per_msg: (!t.pids.is_empty() && n > 0)
+            .then(|| cpu1.saturating_sub(cpu0) as f64 / n as f64),
         errors,
         ..Default::default()
     })
