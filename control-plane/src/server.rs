@@ -4,7 +4,8 @@
 //! addresses; `Bound::run` serves until the shutdown token fires, then shuts down in order:
 //! health turns NOT_SERVING → the gRPC listener stops accepting and in-flight calls finish
 //! (bounded by `GRPC_DRAIN`) → background loops stop (bounded by `BACKGROUND_DRAIN`) → the
-//! admin port closes last, so probes see the drain.
+//! admin port closes last, so probes see the drain. While serving, gRPC health follows the
+//! store as `/readyz` does.
 //!
 //! Other modules plug in at two marked places: `add_grpc_services` (one `add_service` line and
 //! its health name per gRPC service) and `spawn_background` (leader-only loops and watchers).
@@ -22,6 +23,7 @@ use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
@@ -35,7 +37,7 @@ use crate::grpc;
 use crate::health;
 use crate::logs::LogHub;
 use crate::metrics::{GrpcMetricsLayer, MeteredStore, Metrics};
-use crate::store::{build_store, StoreConfig};
+use crate::store::{build_store, StoreConfig, StoreRef};
 use crate::supervisor;
 
 /// How long in-flight gRPC calls and streams may take to finish after shutdown begins.
@@ -143,13 +145,15 @@ impl Bound {
         // Agent and manager logs of this replica, shared by the supervisor and the Logs API.
         let logs = LogHub::open(ctx.data_dir.join("logs"), settings.logs)?;
         let names = add_grpc_services(&ctx, &settings, &logs, &mut routes);
-        for name in &names {
-            health
-                .set_service_status(*name, ServingStatus::Serving)
-                .await;
-        }
-        health.set_service_status("", ServingStatus::Serving).await;
+        set_health(&health, &names, ServingStatus::Serving).await;
         routes.add_service(health_service);
+        let health_stop = CancellationToken::new();
+        let health_task = tokio::spawn(follow_store(
+            ctx.store.clone(),
+            health.clone(),
+            names.clone(),
+            health_stop.clone(),
+        ));
         add_reflection(&mut routes)?;
 
         // The election outlives the background loops: a leader steps down (revoking its lease,
@@ -223,14 +227,9 @@ impl Bound {
         }
 
         // 1. Tell probes and load balancers first.
-        for name in &names {
-            health
-                .set_service_status(*name, ServingStatus::NotServing)
-                .await;
-        }
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        health_stop.cancel();
+        let _ = health_task.await;
+        set_health(&health, &names, ServingStatus::NotServing).await;
         // 2. Stop accepting; let in-flight calls finish. Long-lived streams end when they see
         //    the context token, so fire it if the drain takes too long.
         grpc_stop.cancel();
@@ -268,6 +267,48 @@ impl Bound {
         let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
         info!("control plane stopped");
         result
+    }
+}
+
+/// How often the gRPC health status is brought in line with the store.
+const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Sets the whole server's status (`""`) and every service's.
+async fn set_health(health: &HealthReporter, names: &[&'static str], status: ServingStatus) {
+    for name in names.iter().chain(std::iter::once(&"")) {
+        health.set_service_status(*name, status).await;
+    }
+}
+
+/// Keeps `grpc.health.v1` in step with `/readyz`: NOT_SERVING while the store does not answer
+/// a ping within `admin::READY_TIMEOUT`, SERVING again once it does. Until `stop`.
+async fn follow_store(
+    store: StoreRef,
+    health: HealthReporter,
+    names: Vec<&'static str>,
+    stop: CancellationToken,
+) {
+    let mut serving = true;
+    let mut tick = tokio::time::interval(HEALTH_PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let up = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = async {
+                tick.tick().await;
+                tokio::time::timeout(admin::READY_TIMEOUT, store.ping()).await
+            } => matches!(r, Ok(Ok(()))),
+        };
+        if up != serving {
+            serving = up;
+            if up {
+                info!("store reachable again: gRPC health SERVING");
+                set_health(&health, &names, ServingStatus::Serving).await;
+            } else {
+                warn!("store unreachable: gRPC health NOT_SERVING");
+                set_health(&health, &names, ServingStatus::NotServing).await;
+            }
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! The admin port: /healthz, /readyz following the store (503 while etcd is down, 200 again
-//! when it returns), /metrics; and gRPC answering STORE_UNAVAILABLE promptly during an outage.
+//! when it returns), /metrics; gRPC health following it the same way (NOT_SERVING, then
+//! SERVING); and gRPC answering STORE_UNAVAILABLE promptly during an outage.
 
 use std::time::{Duration, Instant};
 
@@ -7,6 +8,22 @@ use myagent_proto::v1 as pb;
 use myagent_tests::assert_eventually;
 use myagent_tests::control_plane::{control_plane, error_code, unique_prefix};
 use myagent_tests::etcd::Etcd;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// The gRPC health status of `service` (`""`: the whole server).
+async fn grpc_health(mut health: HealthClient<tonic::transport::Channel>, service: &str) -> i32 {
+    match health
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner().status,
+        Err(e) => panic!("health check failed: {e}"),
+    }
+}
 
 async fn status(url: &str) -> u16 {
     match reqwest::get(url).await {
@@ -73,12 +90,27 @@ async fn readyz_and_errors_follow_etcd_outages() {
         .await
         .unwrap();
     assert_eq!(status(&cp.admin_url("/readyz")).await, 200);
+    let health = HealthClient::new(cp.channel().await);
+    let serving = ServingStatus::Serving as i32;
+    let not_serving = ServingStatus::NotServing as i32;
+    for service in ["", "myagent.v1.ServiceRegistry"] {
+        assert_eq!(grpc_health(health.clone(), service).await, serving);
+    }
 
     etcd.stop();
     assert_eventually!(
         Duration::from_secs(10),
         status(&cp.admin_url("/readyz")).await == 503,
         "readyz 503"
+    );
+    assert_eventually!(
+        Duration::from_secs(10),
+        grpc_health(health.clone(), "").await == not_serving,
+        "gRPC health NOT_SERVING"
+    );
+    assert_eq!(
+        grpc_health(health.clone(), "myagent.v1.ServiceRegistry").await,
+        not_serving
     );
     assert_eq!(
         status(&cp.admin_url("/healthz")).await,
@@ -103,6 +135,11 @@ async fn readyz_and_errors_follow_etcd_outages() {
         Duration::from_secs(20),
         status(&cp.admin_url("/readyz")).await == 200,
         "readyz 200"
+    );
+    assert_eventually!(
+        Duration::from_secs(10),
+        grpc_health(health.clone(), "").await == serving,
+        "gRPC health SERVING again"
     );
     let list = myagent_tests::wait::until("list after recovery", Duration::from_secs(20), || {
         let mut r = registry.clone();
