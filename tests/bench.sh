@@ -5,10 +5,12 @@
 #
 #   tests/bench.sh                 # every scenario, 5 rounds of 3 s per target
 #   SECONDS_PER_RUN=5 ROUNDS=7 tests/bench.sh
-#   SCENARIOS=pp100-64,pp100-4k PINNED_SCENARIOS=pp1-64 tests/bench.sh
+#   SCENARIOS=pp100-64,pp100-4k PINNED_SCENARIOS=pp1-64 PINNED_ROUNDS=15 tests/bench.sh
 #
-# Each scenario runs ROUNDS times with the targets in a rotated order; each row is that
-# target's median round (single runs on a shared 2-vCPU machine swing by 5-25 %).
+# Each scenario runs ROUNDS times (the pinned single-connection rows, which are cheap and swing
+# the most, PINNED_ROUNDS times) with the targets in a rotated order; each row is that target's
+# median round (single runs on a shared 2-vCPU machine swing by 5-25 %). "CPU µs/msg" is the
+# target's processes' exact run time (schedstat) over that round's measured window.
 #
 # Installs nginx-light from Debian's packages when nginx is missing (needs root), writes its
 # config to a temp dir, and stops everything it started (by PID) on exit.
@@ -19,6 +21,7 @@ SECS="${SECONDS_PER_RUN:-3}"
 ROUNDS="${ROUNDS:-5}"
 SCEN="${SCENARIOS:-pp100-64,pp100-4k,pp1000-64,pp1000-4k,stream100x16-4k,connect2000}"
 PINNED="${PINNED_SCENARIOS:-pp1-64,pp1-4k}"
+PINNED_ROUNDS="${PINNED_ROUNDS:-9}"
 
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
   echo "bench: installing nginx-light from Debian's packages" >&2
@@ -119,6 +122,6 @@ echo "# resident memory per idle connection (fresh processes, 2000 connections h
 # 1 connection, 64 B and 4 KiB: every process pinned to vCPU 0 (cross-vCPU wake-ups dominate
 # otherwise).
 for p in "$agent_PID" "$proxy_PID" "$NGINX_MASTER" $(echo "$NGINX_PIDS" | tr , ' '); do taskset -apc 0 "$p" >/dev/null; done
-echo; echo "# pinned to vCPU 0 (taskset -c 0)"
-taskset -c 0 "$WSB" run --seconds "$SECS" --rounds "$ROUNDS" --scenarios "$PINNED" \
+echo; echo "# pinned to vCPU 0 (taskset -c 0), median of $PINNED_ROUNDS rounds"
+taskset -c 0 "$WSB" run --seconds "$SECS" --rounds "$PINNED_ROUNDS" --scenarios "$PINNED" \
   --target "$T_DIRECT" --target "$T_PROXY" --target "$T_RAW" --target "$T_NGINX"
