@@ -249,6 +249,10 @@ pub struct MonitorArgs {
     /// Seconds between refreshes.
     #[arg(long, env = "MYAGENT_INTERVAL", default_value_t = 2.0, value_parser = positive_seconds)]
     pub interval: f64,
+    /// Stop after this many refreshes (default: until q / Ctrl-C). Without a terminal the
+    /// monitor prints each refresh as text, or as one JSON object per line with `--output json`.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Args)]

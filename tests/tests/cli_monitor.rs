@@ -279,10 +279,75 @@ fn monitor_for_one_service_survives_the_server_going_away_and_quits_on_ctrl_c() 
     assert!(screen.contains("monitor-exit=0"), "{screen}");
 }
 
+/// Without a terminal (a pipe, a script) the monitor prints one snapshot per interval: a
+/// time-stamped overview and the services table, or one JSON object per line; `--count` ends it,
+/// and a count run against a server it cannot reach fails with UNAVAILABLE's status.
 #[test]
-fn monitor_refuses_to_run_without_a_terminal() {
+fn monitor_without_a_terminal_prints_a_snapshot_per_interval() {
     let stack = cli::up();
-    let run = stack.cli(&["monitor"]);
-    assert_eq!(run.code, Some(64), "{run}");
-    assert!(run.stderr.contains("needs a terminal"), "{run}");
+    stack
+        .cli(&["register", "plain-agent", "--port", "9", "--tags", "mon"])
+        .ok();
+
+    let run = stack
+        .cli(&["monitor", "--interval", "0.2", "--count", "3"])
+        .ok();
+    let blocks: Vec<&str> = run
+        .stdout
+        .split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .collect();
+    assert_eq!(blocks.len(), 3, "{run}");
+    for block in &blocks {
+        let lines: Vec<&str> = block.lines().collect();
+        assert!(
+            lines[0].contains("Z  services 1 total, 0 running, 1 stopped"),
+            "{block}"
+        );
+        assert!(
+            lines[1].starts_with("NAME") && lines[1].contains("MSG/S"),
+            "{block}"
+        );
+        let cells: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            &cells[..3],
+            ["plain-agent", "stopped", "unknown"],
+            "{block}"
+        );
+    }
+
+    let run = stack
+        .cli(&[
+            "--output",
+            "json",
+            "monitor",
+            "--interval",
+            "0.2",
+            "--count",
+            "2",
+        ])
+        .ok();
+    let snaps: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(snaps.len(), 2, "{run}");
+    for s in &snaps {
+        assert!(s["timestamp"].as_str().unwrap().ends_with('Z'), "{s}");
+        assert_eq!(s["overview"]["services"]["total"], 1, "{s}");
+        assert_eq!(s["services"][0]["name"], "plain-agent", "{s}");
+        assert_eq!(s["services"][0]["status"], "stopped", "{s}");
+    }
+    // The rate needs two snapshots.
+    assert!(snaps[0]["services"][0]["messages_per_second"].is_null());
+    assert_eq!(snaps[1]["services"][0]["messages_per_second"], 0.0);
+
+    let gone = cli::run_in(
+        stack.dir(),
+        "http://127.0.0.1:1",
+        &["monitor", "--interval", "0.2", "--count", "1"],
+    );
+    assert_eq!(gone.code, Some(69), "{gone}");
+    assert!(gone.stdout.contains("error: UNAVAILABLE"), "{gone}");
 }

@@ -10,13 +10,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::GlobalArgs;
 use crate::client::Clients;
+use crate::error::Error;
 
 /// One fetch result.
 #[derive(Debug)]
 pub struct Snapshot {
     pub at: Instant,
     pub wall: chrono::DateTime<chrono::Utc>,
-    pub result: Result<Fetched, String>,
+    pub result: Result<Fetched, Error>,
 }
 
 #[derive(Debug, Default)]
@@ -56,7 +57,8 @@ impl Model {
         }
     }
 
-    pub fn apply(&mut self, snap: Snapshot) {
+    /// Takes in one fetch; a failed one is kept as the error shown, and handed back.
+    pub fn apply(&mut self, snap: Snapshot) -> Option<Error> {
         match snap.result {
             Ok(data) => {
                 let mut rates = HashMap::new();
@@ -77,8 +79,12 @@ impl Model {
                 self.last_ok = Some(snap.wall);
                 self.error = None;
                 self.refreshes += 1;
+                None
             }
-            Err(e) => self.error = Some(e),
+            Err(e) => {
+                self.error = Some(e.to_string());
+                Some(e)
+            }
         }
     }
 }
@@ -121,14 +127,14 @@ async fn fetch(
     global: &GlobalArgs,
     clients: &mut Option<Clients>,
     service: Option<&str>,
-) -> Result<Fetched, String> {
+) -> Result<Fetched, Error> {
     if clients.is_none() {
-        *clients = Some(Clients::connect(global).await.map_err(|e| e.to_string())?);
+        *clients = Some(Clients::connect(global).await?);
     }
     let Some(c) = clients.as_mut() else {
-        return Err("not connected".into());
+        return Err(Error::Stack("not connected".into()));
     };
-    let err = |s: tonic::Status, c: &Clients| c.err(s).to_string();
+    let err = |s: tonic::Status, c: &Clients| c.err(s);
     let overview = c
         .stats
         .get_overview(pb::GetOverviewRequest {})

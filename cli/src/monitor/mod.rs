@@ -1,8 +1,10 @@
 //! `monitor`: a live full-screen view (ratatui) that refreshes every `--interval` seconds.
 //! Data is fetched by a background task so a slow or absent control plane never freezes the
-//! screen or the `q` key; the terminal is restored on every exit path.
+//! screen or the `q` key; the terminal is restored on every exit path. Without a terminal it
+//! prints the same snapshots line by line instead (`plain`).
 
 mod data;
+mod plain;
 mod view;
 
 use std::io::IsTerminal;
@@ -21,9 +23,7 @@ pub use data::{Model, Snapshot};
 
 pub async fn run(global: &GlobalArgs, args: &MonitorArgs) -> Result<()> {
     if !std::io::stdout().is_terminal() {
-        return Err(Error::Usage(
-            "monitor needs a terminal; in scripts use `status` or `list --output json`".into(),
-        ));
+        return plain::run(global, args).await;
     }
     let stop = CancellationToken::new();
     let (snap_tx, mut snap_rx) = mpsc::channel::<Snapshot>(4);
@@ -42,10 +42,17 @@ pub async fn run(global: &GlobalArgs, args: &MonitorArgs) -> Result<()> {
     let mut model = Model::new(global.server.clone(), args.service.clone(), args.interval);
     let mut sigterm = terminate_signal()?;
     let result: Result<()> = async {
+        let mut refreshes = 0u64;
         loop {
             terminal.draw(|f| view::draw(f, &model))?;
+            if args.count.is_some_and(|n| refreshes >= n) {
+                return Ok(());
+            }
             tokio::select! {
-                Some(snap) = snap_rx.recv() => model.apply(snap),
+                Some(snap) = snap_rx.recv() => {
+                    let _ = model.apply(snap);
+                    refreshes += 1;
+                }
                 Some(ev) = key_rx.recv() => {
                     if is_quit(&ev) {
                         return Ok(());

@@ -6,6 +6,8 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Table};
 use ratatui::Frame;
 
+use myagent_proto::v1 as pb;
+
 use super::data::Model;
 use crate::timeparse::{human_duration, short};
 
@@ -60,6 +62,11 @@ pub fn draw(f: &mut Frame, m: &Model) {
 }
 
 fn overview_lines(m: &Model) -> Vec<Line<'static>> {
+    vec![Line::from(overview_text(m))]
+}
+
+/// The overview in one line (the screen's and the plain mode's).
+pub fn overview_text(m: &Model) -> String {
     let Some(o) = &m.data.overview else {
         let running = m
             .data
@@ -67,18 +74,18 @@ fn overview_lines(m: &Model) -> Vec<Line<'static>> {
             .iter()
             .filter(|s| s.status == "running")
             .count();
-        return vec![Line::from(format!(
+        return format!(
             "services {} total, {} running  (overview unavailable)",
             m.data.services.len(),
             running
-        ))];
+        );
     };
     let s = o.services.unwrap_or_default();
     let c = o.connections.unwrap_or_default();
     let se = o.sessions.unwrap_or_default();
     let p = o.performance.unwrap_or_default();
     let r = o.resources.unwrap_or_default();
-    vec![Line::from(format!(
+    format!(
         "services {} total, {} running, {} stopped, {} error   connections {} active (peak today {})   \
          sessions {} active   {:.1} msgs/min   avg response {:.1} ms   memory {:.1} MB   cpu {:.1} %",
         s.total,
@@ -92,7 +99,7 @@ fn overview_lines(m: &Model) -> Vec<Line<'static>> {
         p.avg_response_time_ms,
         r.total_memory_mb,
         r.total_cpu_percent
-    ))]
+    )
 }
 
 fn status_style(status: &str) -> Style {
@@ -104,45 +111,64 @@ fn status_style(status: &str) -> Style {
     }
 }
 
+/// The services table's columns, and each service's cells (the screen's and the plain mode's).
+pub const COLUMNS: [&str; 11] = [
+    "NAME", "STATUS", "HEALTH", "CONNS", "SESSIONS", "MSG/S", "CPU %", "MEM MB", "UPTIME",
+    "RESTARTS", "ENDPOINT",
+];
+
+pub fn service_cells(m: &Model, s: &pb::Service) -> [String; 11] {
+    let st = s.stats.unwrap_or_default();
+    let health = s
+        .health
+        .as_ref()
+        .map(|h| h.status.clone())
+        .unwrap_or_else(|| "-".into());
+    let rate = m
+        .rates
+        .get(&s.service_id)
+        .map(|r| format!("{r:.1}"))
+        .unwrap_or_else(|| "-".into());
+    [
+        s.name.clone(),
+        s.status.clone(),
+        health,
+        st.active_connections.to_string(),
+        st.active_sessions.to_string(),
+        rate,
+        format!("{:.1}", st.cpu_usage_percent),
+        format!("{:.1}", st.memory_usage_mb),
+        if s.status == "running" {
+            human_duration(st.uptime_seconds)
+        } else {
+            "-".into()
+        },
+        st.restart_count.to_string(),
+        s.endpoint.clone(),
+    ]
+}
+
 fn services_table(m: &Model) -> Table<'static> {
-    let header = Row::new([
-        "NAME", "STATUS", "HEALTH", "CONNS", "SESSIONS", "MSG/S", "CPU %", "MEM MB", "UPTIME",
-        "RESTARTS", "ENDPOINT",
-    ])
-    .style(Style::new().add_modifier(Modifier::BOLD));
+    let header = Row::new(COLUMNS).style(Style::new().add_modifier(Modifier::BOLD));
     let rows: Vec<Row> = m
         .data
         .services
         .iter()
         .map(|s| {
-            let st = s.stats.unwrap_or_default();
-            let health = s
-                .health
-                .as_ref()
-                .map(|h| h.status.clone())
-                .unwrap_or_else(|| "-".into());
-            let rate = m
-                .rates
-                .get(&s.service_id)
-                .map(|r| format!("{r:.1}"))
-                .unwrap_or_else(|| "-".into());
-            Row::new(vec![
-                ratatui::text::Text::raw(s.name.clone()),
-                ratatui::text::Text::styled(s.status.clone(), status_style(&s.status)),
-                ratatui::text::Text::styled(health.clone(), status_style(&health)),
-                ratatui::text::Text::raw(st.active_connections.to_string()),
-                ratatui::text::Text::raw(st.active_sessions.to_string()),
-                ratatui::text::Text::raw(rate),
-                ratatui::text::Text::raw(format!("{:.1}", st.cpu_usage_percent)),
-                ratatui::text::Text::raw(format!("{:.1}", st.memory_usage_mb)),
-                ratatui::text::Text::raw(if s.status == "running" {
-                    human_duration(st.uptime_seconds)
-                } else {
-                    "-".into()
-                }),
-                ratatui::text::Text::raw(st.restart_count.to_string()),
-                ratatui::text::Text::raw(s.endpoint.clone()),
-            ])
+            Row::new(
+                service_cells(m, s)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, cell)| {
+                        // Status and health in colour.
+                        let style = if i == 1 || i == 2 {
+                            status_style(&cell)
+                        } else {
+                            Style::new()
+                        };
+                        ratatui::text::Text::styled(cell, style)
+                    }),
+            )
         })
         .collect();
     let empty = rows.is_empty();
