@@ -8,7 +8,7 @@ use myagent_proto::v1 as pb;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::args::GlobalArgs;
+use crate::args::{GlobalArgs, MonitorArgs};
 use crate::client::Clients;
 use crate::error::Error;
 
@@ -89,7 +89,24 @@ impl Model {
     }
 }
 
-pub async fn fetch_loop(
+/// Starts fetching a snapshot per `--interval` in the background, until `stop`.
+pub fn start(
+    global: &GlobalArgs,
+    args: &MonitorArgs,
+    stop: &CancellationToken,
+) -> (mpsc::Receiver<Snapshot>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel::<Snapshot>(4);
+    let fetcher = tokio::spawn(fetch_loop(
+        global.clone(),
+        args.service.clone(),
+        Duration::from_secs_f64(args.interval),
+        tx,
+        stop.clone(),
+    ));
+    (rx, fetcher)
+}
+
+async fn fetch_loop(
     global: GlobalArgs,
     service: Option<String>,
     interval: Duration,

@@ -26,14 +26,7 @@ pub async fn run(global: &GlobalArgs, args: &MonitorArgs) -> Result<()> {
         return plain::run(global, args).await;
     }
     let stop = CancellationToken::new();
-    let (snap_tx, mut snap_rx) = mpsc::channel::<Snapshot>(4);
-    let fetcher = tokio::spawn(data::fetch_loop(
-        global.clone(),
-        args.service.clone(),
-        Duration::from_secs_f64(args.interval),
-        snap_tx,
-        stop.clone(),
-    ));
+    let (mut snap_rx, fetcher) = data::start(global, args, &stop);
     let (key_tx, mut key_rx) = mpsc::channel::<Event>(16);
     let input_stop = Arc::new(AtomicBool::new(false));
     let input = spawn_input_thread(key_tx, input_stop.clone());

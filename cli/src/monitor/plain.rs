@@ -4,13 +4,11 @@
 //! last refresh failed exits with that error's status, so a script can tell.
 
 use std::io::Write;
-use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::data::{self, Model, Snapshot};
+use super::data::{self, Model};
 use super::view;
 use crate::args::{GlobalArgs, MonitorArgs, OutputFormat};
 use crate::error::{Error, Result};
@@ -18,14 +16,7 @@ use crate::output::{json as out_json, table::Table};
 
 pub async fn run(global: &GlobalArgs, args: &MonitorArgs) -> Result<()> {
     let stop = CancellationToken::new();
-    let (snap_tx, mut snap_rx) = mpsc::channel::<Snapshot>(4);
-    let fetcher = tokio::spawn(data::fetch_loop(
-        global.clone(),
-        args.service.clone(),
-        Duration::from_secs_f64(args.interval),
-        snap_tx,
-        stop.clone(),
-    ));
+    let (mut snap_rx, fetcher) = data::start(global, args, &stop);
     let mut model = Model::new(global.server.clone(), args.service.clone(), args.interval);
     let mut sigterm = super::terminate_signal()?;
     let mut printed = 0u64;
