@@ -147,13 +147,6 @@ impl Bound {
         let names = add_grpc_services(&ctx, &settings, &logs, &mut routes);
         set_health(&health, &names, ServingStatus::Serving).await;
         routes.add_service(health_service);
-        let health_stop = CancellationToken::new();
-        let health_task = tokio::spawn(follow_store(
-            ctx.store.clone(),
-            health.clone(),
-            names.clone(),
-            health_stop.clone(),
-        ));
         add_reflection(&mut routes)?;
 
         // The election outlives the background loops: a leader steps down (revoking its lease,
@@ -217,6 +210,14 @@ impl Bound {
             tls = settings.tls.is_some(),
             "control plane serving"
         );
+
+        let health_stop = CancellationToken::new();
+        let health_task = tokio::spawn(follow_store(
+            ctx.store.clone(),
+            health.clone(),
+            names.clone(),
+            health_stop.clone(),
+        ));
 
         let mut result = Ok(());
         tokio::select! {
