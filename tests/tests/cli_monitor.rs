@@ -343,6 +343,37 @@ fn monitor_without_a_terminal_prints_a_snapshot_per_interval() {
     assert!(snaps[0]["services"][0]["messages_per_second"].is_null());
     assert_eq!(snaps[1]["services"][0]["messages_per_second"], 0.0);
 
+    // One service: its details follow the table.
+    let run = stack
+        .cli(&["monitor", "--service", "plain-agent", "--count", "1"])
+        .ok();
+    let id = stack
+        .cli(&["show", "plain-agent", "--output", "json"])
+        .ok()
+        .json()["service_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        run.stdout.contains(&format!("id {id}  pid -  tags mon")),
+        "{run}"
+    );
+    assert!(run.stdout.contains("health unknown (last check -"), "{run}");
+    let run = stack
+        .cli(&[
+            "--output",
+            "json",
+            "monitor",
+            "--service",
+            "plain-agent",
+            "--count",
+            "1",
+        ])
+        .ok();
+    let snap: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(snap["services"][0]["service_id"], id.as_str(), "{snap}");
+    assert!(snap["logs"].is_array(), "{snap}");
+
     let gone = cli::run_in(
         stack.dir(),
         "http://127.0.0.1:1",

@@ -53,8 +53,8 @@ pub async fn run(global: &GlobalArgs, args: &MonitorArgs) -> Result<()> {
     result
 }
 
-/// One refresh as text: a time-stamped overview line, the services table (or the error), and
-/// a blank line.
+/// One refresh as text: a time-stamped overview line, the services table (or the error), with
+/// `--service` that service's details and recent logs, and a blank line.
 fn snapshot_text(m: &Model, at: chrono::DateTime<chrono::Utc>) -> String {
     let stamp = at.format("%Y-%m-%dT%H:%M:%SZ");
     if let Some(e) = &m.error {
@@ -64,11 +64,20 @@ fn snapshot_text(m: &Model, at: chrono::DateTime<chrono::Utc>) -> String {
     for s in &m.data.services {
         t.row(view::service_cells(m, s));
     }
-    format!("{stamp}  {}\n{}\n", view::overview_text(m), t.render())
+    let mut out = format!("{stamp}  {}\n{}", view::overview_text(m), t.render());
+    if m.service.is_some() {
+        for line in view::detail_lines(m) {
+            out.push_str(&line);
+            out.push('\n');
+        }
+    }
+    out.push('\n');
+    out
 }
 
 /// One refresh as a JSON object: the REST shapes of `GET /stats/overview` and
-/// `GET /services/{id}`, each service with its message rate over the last interval.
+/// `GET /services/{id}`, each service with its message rate over the last interval; with
+/// `--service`, its recent log lines as `GET /logs/search` results.
 fn snapshot_json(m: &Model, at: chrono::DateTime<chrono::Utc>) -> Value {
     let timestamp = at.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     if let Some(e) = &m.error {
@@ -89,9 +98,14 @@ fn snapshot_json(m: &Model, at: chrono::DateTime<chrono::Utc>) -> Value {
             v
         })
         .collect();
-    json!({
+    let mut snap = json!({
         "timestamp": timestamp,
         "overview": m.data.overview.as_ref().map(out_json::overview),
         "services": services,
-    })
+    });
+    if m.service.is_some() {
+        let logs: Vec<Value> = m.data.logs.iter().map(out_json::followed_entry).collect();
+        snap["logs"] = Value::Array(logs);
+    }
+    snap
 }

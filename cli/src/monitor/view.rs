@@ -198,45 +198,66 @@ fn services_table(m: &Model) -> Table<'static> {
 }
 
 fn detail_panel(m: &Model) -> Paragraph<'static> {
-    let mut lines = Vec::new();
-    if let Some(s) = m.data.services.first() {
-        let st = s.stats.unwrap_or_default();
-        let h = s.health.clone().unwrap_or_default();
-        let rt = s.runtime.clone().unwrap_or_default();
-        lines.push(Line::from(format!(
-            "id {}  pid {}  tags {}  connections {} total / {} peak  sessions {} total / {} completed",
-            s.service_id,
-            if rt.pid > 0 { rt.pid.to_string() } else { "-".into() },
-            s.tags.join(","),
-            st.total_connections,
-            st.peak_connections,
-            st.total_sessions,
-            st.completed_sessions
-        )));
-        lines.push(Line::from(format!(
-            "health {} (last check {}, {:.1} ms, {} consecutive failures{})  errors {} (rate {:.4})",
-            h.status,
-            h.last_check.as_ref().map(short).unwrap_or_else(|| "-".into()),
-            h.response_time_ms,
-            h.consecutive_failures,
-            if h.flapping { ", flapping" } else { "" },
-            st.error_count,
-            st.error_rate
-        )));
-        if !rt.last_error.is_empty() {
-            lines.push(Line::from(Span::styled(
-                format!("last error: {}", rt.last_error),
-                Style::new().fg(Color::Red),
-            )));
-        }
-        for e in m.data.logs.iter().rev().take(9).rev() {
-            lines.push(Line::from(format!(
-                "{} {:<5} {}",
-                e.timestamp.as_ref().map(short).unwrap_or_default(),
-                e.level.to_uppercase(),
-                e.message
-            )));
-        }
-    }
+    let lines: Vec<Line> = detail_lines(m)
+        .into_iter()
+        .map(|l| {
+            if l.starts_with("last error: ") {
+                Line::from(Span::styled(l, Style::new().fg(Color::Red)))
+            } else {
+                Line::from(l)
+            }
+        })
+        .collect();
     Paragraph::new(lines).block(Block::bordered().title(" Details and recent logs "))
+}
+
+/// With `--service`: that service's details, last error and recent log lines (the screen's
+/// panel and the plain mode's lines).
+pub fn detail_lines(m: &Model) -> Vec<String> {
+    let mut lines = Vec::new();
+    let Some(s) = m.data.services.first() else {
+        return lines;
+    };
+    let st = s.stats.unwrap_or_default();
+    let h = s.health.clone().unwrap_or_default();
+    let rt = s.runtime.clone().unwrap_or_default();
+    lines.push(format!(
+        "id {}  pid {}  tags {}  connections {} total / {} peak  sessions {} total / {} completed",
+        s.service_id,
+        if rt.pid > 0 {
+            rt.pid.to_string()
+        } else {
+            "-".into()
+        },
+        s.tags.join(","),
+        st.total_connections,
+        st.peak_connections,
+        st.total_sessions,
+        st.completed_sessions
+    ));
+    lines.push(format!(
+        "health {} (last check {}, {:.1} ms, {} consecutive failures{})  errors {} (rate {:.4})",
+        h.status,
+        h.last_check
+            .as_ref()
+            .map(short)
+            .unwrap_or_else(|| "-".into()),
+        h.response_time_ms,
+        h.consecutive_failures,
+        if h.flapping { ", flapping" } else { "" },
+        st.error_count,
+        st.error_rate
+    ));
+    if !rt.last_error.is_empty() {
+        lines.push(format!("last error: {}", rt.last_error));
+    }
+    for e in m.data.logs.iter().rev().take(9).rev() {
+        lines.push(format!(
+            "{} {:<5} {}",
+            e.timestamp.as_ref().map(short).unwrap_or_default(),
+            e.level.to_uppercase(),
+            e.message
+        ));
+    }
+    lines
 }
