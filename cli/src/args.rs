@@ -105,7 +105,7 @@ pub enum Command {
     Config(ConfigArgs),
     /// Overall statistics of the cluster.
     Status,
-    /// Live full-screen view of services (q, Esc or Ctrl-C quits).
+    /// Live view of services: full screen (q, Esc or Ctrl-C quits), or a snapshot per interval when stdout is not a terminal.
     Monitor(MonitorArgs),
     /// Show a service's logs, or follow them as they are written.
     Logs(LogsArgs),
