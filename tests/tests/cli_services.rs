@@ -391,6 +391,11 @@ fn connections_lists_active_ones_unless_asked_for_more() {
         .fails_with("INVALID_REQUEST");
     assert_eq!(bogus.code, Some(2), "{bogus}");
 
+    // A closed connection cannot be disconnected again.
+    stack
+        .cli(&["disconnect", &closed_id])
+        .fails_with("CONNECTION_NOT_FOUND");
+
     // `disconnect` says what it did, naming the connection once.
     let out = stack.cli(&["disconnect", &kept_id]).ok();
     assert_eq!(
