@@ -9,6 +9,7 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
 use hyper_util::service::TowerToHyperService;
+use myagent_proto::v1 as pb;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -21,7 +22,7 @@ use crate::api::{router, AppState};
 use crate::config::Cli;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::upstream::Upstream;
+use crate::upstream::{Auth, Upstream};
 
 /// A gateway whose listener is bound; `listen_addr` is the real address (port 0 resolved).
 pub struct Bound {
@@ -31,6 +32,7 @@ pub struct Bound {
     listener: TcpListener,
     app: Router,
     tls: Option<TlsAcceptor>,
+    upstream: Upstream,
 }
 
 /// Validates the configuration, builds the (lazy) control-plane channel and binds the listener.
@@ -52,13 +54,20 @@ pub async fn bind(cli: Cli) -> Result<Bound> {
             source,
         })?;
     let listen_addr = listener.local_addr()?;
-    let app = router(AppState { upstream, metrics }, cli.max_body_bytes);
+    let app = router(
+        AppState {
+            upstream: upstream.clone(),
+            metrics,
+        },
+        cli.max_body_bytes,
+    );
     Ok(Bound {
         listen_addr,
         scheme: if tls.is_some() { "https" } else { "http" },
         listener,
         app,
         tls,
+        upstream,
     })
 }
 
@@ -71,6 +80,13 @@ impl Bound {
     /// Serves until `shutdown` is cancelled; in-flight requests then finish.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         tracing::info!(addr = %self.listen_addr, scheme = self.scheme, "gateway listening");
+        if !self.listen_addr.ip().is_loopback() {
+            tokio::spawn(warn_if_open(
+                self.upstream.clone(),
+                self.listen_addr,
+                shutdown.clone(),
+            ));
+        }
         match self.tls {
             None => {
                 axum::serve(self.listener, self.app)
@@ -81,6 +97,54 @@ impl Bound {
         }
         tracing::info!("gateway stopped");
         Ok(())
+    }
+}
+
+/// Tries of the start-up check below, `OPEN_CHECK_PAUSE` apart (the control plane may still be
+/// starting).
+const OPEN_CHECK_TRIES: u32 = 5;
+const OPEN_CHECK_PAUSE: Duration = Duration::from_secs(2);
+
+/// The gateway holds no tokens: it passes each client's `authorization` on, and the control
+/// plane decides. Listening beyond loopback in front of a control plane that needs no token
+/// leaves the whole API open, so say so at start-up (DESIGN §10), as the control plane does for
+/// its own listener: one call without a token tells.
+async fn warn_if_open(upstream: Upstream, listen: SocketAddr, stop: CancellationToken) {
+    for _ in 0..OPEN_CHECK_TRIES {
+        let req = upstream.request(
+            &Auth::default(),
+            pb::ListServicesRequest {
+                limit: 1,
+                ..Default::default()
+            },
+            0.0,
+        );
+        let mut services = upstream.services();
+        let answer = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = services.list_services(req) => r,
+        };
+        match answer {
+            Ok(_) => {
+                tracing::warn!(
+                    listen = %listen,
+                    "NO AUTHENTICATION: the REST API at {listen} reaches a control plane that \
+                     accepts calls without a token; set --auth-token-file or MYAGENT_AUTH_TOKENS \
+                     on the control plane"
+                );
+                return;
+            }
+            Err(s) if s.code() == tonic::Code::Unauthenticated => {
+                tracing::info!("the control plane requires a bearer token; clients' are passed on");
+                return;
+            }
+            // Unreachable or failing: try again shortly.
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(OPEN_CHECK_PAUSE) => {}
+        }
     }
 }
 

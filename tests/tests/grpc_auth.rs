@@ -176,3 +176,61 @@ async fn registry_plaintext(url: &str) -> Result<(), tonic::Status> {
         .await
         .map(|_| ())
 }
+
+/// The gateway holds no tokens. Listening beyond loopback, it asks the control plane behind it
+/// once, without a token, whether calls need one, and warns at start-up when they do not
+/// (DESIGN §10); in front of a control plane that requires tokens it says so instead.
+#[tokio::test]
+async fn a_gateway_beyond_loopback_warns_when_the_control_plane_needs_no_token() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    // Real processes: this test blocks its thread reading the gateway's log.
+    let open = control_plane().spawn_binary().await;
+    let closed = control_plane().tokens("gw-secret").spawn_binary().await;
+    let warning = "NO AUTHENTICATION";
+    let fine = "the control plane requires a bearer token";
+    for (cp, expect, absent) in [(&open, warning, fine), (&closed, fine, warning)] {
+        let mut gw = Command::new(myagent_tests::bins::path(myagent_tests::bins::GATEWAY))
+            .args(["--listen", "0.0.0.0:0", "--control-plane", &cp.grpc_url()])
+            .env("MYAGENT_LOG_FORMAT", "text")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn myagent-gateway");
+        let stderr = gw.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        let found = loop {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(line) => {
+                    let hit = line.contains(expect);
+                    seen.push(line);
+                    if hit {
+                        break true;
+                    }
+                }
+                Err(_) => break false,
+            }
+        };
+        let _ = gw.kill();
+        let _ = gw.wait();
+        assert!(found, "no {expect:?} in the gateway's log: {seen:#?}");
+        assert!(
+            !seen
+                .iter()
+                .any(|l| l.contains(absent) || l.contains("gw-secret")),
+            "{seen:#?}"
+        );
+    }
+}
