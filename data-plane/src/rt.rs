@@ -20,7 +20,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{ready, Context, Poll, Wake, Waker};
 
 use mio::{Events, Interest, Token};
 use slab::Slab;
@@ -136,6 +136,26 @@ fn poll_ready(token: usize, dir: Dir, cx: &Context<'_>) -> Poll<()> {
         Poll::Pending
     });
     r.unwrap_or(Poll::Ready(()))
+}
+
+/// Runs `op` on a socket ready for `dir`; a "would block" clears the readiness and waits for
+/// the next event (`cx` is woken), an interrupted call is made again.
+fn poll_io<R>(
+    token: usize,
+    dir: Dir,
+    cx: &Context<'_>,
+    mut op: impl FnMut() -> io::Result<R>,
+) -> Poll<io::Result<R>> {
+    loop {
+        if poll_ready(token, dir, cx).is_pending() {
+            return Poll::Pending;
+        }
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => clear(token, dir, cx),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return Poll::Ready(r),
+        }
+    }
 }
 
 /// The socket said "would block" (or drained its buffer) for `dir`: not ready until its next
@@ -461,29 +481,17 @@ impl AsyncRead for TcpStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
-            if poll_ready(this.token, Dir::Read, cx).is_pending() {
-                return Poll::Pending;
-            }
-            let unfilled = read_target(buf);
-            let len = unfilled.len();
-            match (&this.io).read(unfilled) {
-                Ok(n) => {
-                    // (Written by the read: as tokio's own `TcpStream` does.)
-                    mark_filled(buf, n);
-                    if n > 0 && n < len {
-                        // The socket is drained: the next bytes come with a new edge.
-                        clear(this.token, Dir::Read, cx);
-                    }
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    clear(this.token, Dir::Read, cx);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let len = buf.remaining();
+        let n = ready!(poll_io(this.token, Dir::Read, cx, || {
+            (&this.io).read(read_target(buf))
+        }))?;
+        // (Written by the read: as tokio's own `TcpStream` does.)
+        mark_filled(buf, n);
+        if n > 0 && n < len {
+            // The socket is drained: the next bytes come with a new edge.
+            clear(this.token, Dir::Read, cx);
         }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -510,24 +518,11 @@ impl AsyncWrite for TcpStream {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        loop {
-            if poll_ready(this.token, Dir::Write, cx).is_pending() {
-                return Poll::Pending;
-            }
-            match (&this.io).write(data) {
-                Ok(n) => {
-                    if n > 0 && n < data.len() {
-                        clear(this.token, Dir::Write, cx);
-                    }
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    clear(this.token, Dir::Write, cx);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let n = ready!(poll_io(this.token, Dir::Write, cx, || (&this.io).write(data)))?;
+        if n > 0 && n < data.len() {
+            clear(this.token, Dir::Write, cx);
         }
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -557,20 +552,10 @@ impl TcpListener {
     }
 
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        std::future::poll_fn(|cx| loop {
-            if poll_ready(self.token, Dir::Read, cx).is_pending() {
-                return Poll::Pending;
-            }
-            match self.io.accept() {
-                Ok((s, peer)) => return Poll::Ready(TcpStream::new(s).map(|s| (s, peer))),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    clear(self.token, Dir::Read, cx);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        })
-        .await
+        let (s, peer) =
+            std::future::poll_fn(|cx| poll_io(self.token, Dir::Read, cx, || self.io.accept()))
+                .await?;
+        Ok((TcpStream::new(s)?, peer))
     }
 }
 
