@@ -1,5 +1,6 @@
 //! The command line: every command and flag of seed §3 plus DESIGN §8–§10 additions (clap derive).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::builder::{PossibleValue, PossibleValuesParser};
@@ -75,6 +76,40 @@ pub struct GlobalArgs {
     /// Seconds to wait for the control plane to answer a request.
     #[arg(long, global = true, env = "MYAGENT_TIMEOUT", default_value_t = 60.0, value_parser = positive_seconds)]
     pub timeout: f64,
+    /// PEM CA bundle to verify the control plane's certificate (`https://` servers).
+    #[arg(
+        long,
+        global = true,
+        env = "MYAGENT_CONTROL_PLANE_CA",
+        help_heading = "TLS"
+    )]
+    pub control_plane_ca: Option<PathBuf>,
+    /// PEM client certificate for mTLS to the control plane (requires --control-plane-key).
+    #[arg(
+        long,
+        global = true,
+        env = "MYAGENT_CONTROL_PLANE_CERT",
+        requires = "control_plane_key",
+        help_heading = "TLS"
+    )]
+    pub control_plane_cert: Option<PathBuf>,
+    /// PEM client key for mTLS to the control plane (requires --control-plane-cert).
+    #[arg(
+        long,
+        global = true,
+        env = "MYAGENT_CONTROL_PLANE_KEY",
+        requires = "control_plane_cert",
+        help_heading = "TLS"
+    )]
+    pub control_plane_key: Option<PathBuf>,
+    /// Server name expected in the control plane's certificate (default: the --server host).
+    #[arg(
+        long,
+        global = true,
+        env = "MYAGENT_CONTROL_PLANE_DOMAIN",
+        help_heading = "TLS"
+    )]
+    pub control_plane_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -441,13 +476,13 @@ pub struct RouteUpdateArgs {
 pub struct UpArgs {
     /// Control-plane gRPC listen address (port 0 picks a free port).
     #[arg(long, env = "MYAGENT_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
-    pub grpc_listen: String,
+    pub grpc_listen: SocketAddr,
     /// WebSocket proxy listen address (clients connect to ws://ADDR/ws).
     #[arg(long, env = "MYAGENT_PROXY_LISTEN", default_value = "0.0.0.0:8080")]
-    pub proxy_listen: String,
+    pub proxy_listen: SocketAddr,
     /// REST gateway listen address (/api/v1).
     #[arg(long, env = "MYAGENT_GATEWAY_LISTEN", default_value = "0.0.0.0:8000")]
-    pub gateway_listen: String,
+    pub gateway_listen: SocketAddr,
     /// Directory of the embedded store, logs and the proxy's config cache.
     #[arg(long, env = "MYAGENT_DATA_DIR", default_value = "./.myagent")]
     pub data_dir: PathBuf,
@@ -457,23 +492,28 @@ pub struct UpArgs {
         env = "MYAGENT_CONTROL_PLANE_ADMIN_LISTEN",
         default_value = "127.0.0.1:0"
     )]
-    pub control_plane_admin_listen: String,
+    pub control_plane_admin_listen: SocketAddr,
     /// Proxy admin listen address (/healthz, /readyz, /metrics); default a free loopback port.
     #[arg(
         long,
         env = "MYAGENT_PROXY_ADMIN_LISTEN",
         default_value = "127.0.0.1:0"
     )]
-    pub proxy_admin_listen: String,
+    pub proxy_admin_listen: SocketAddr,
     /// File with admin bearer tokens, one a line (default: open access).
     #[arg(long, env = "MYAGENT_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
 }
 
+/// Longest `--timeout` / `--interval`: a year (longer ones cannot be a timer).
+const MAX_SECONDS: f64 = 365.0 * 86_400.0;
+
 fn positive_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        _ => Err(format!("`{s}` is not a positive number of seconds")),
+        Ok(v) if v.is_finite() && v > 0.0 && v <= MAX_SECONDS => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a number of seconds above 0 and at most {MAX_SECONDS}"
+        )),
     }
 }
 

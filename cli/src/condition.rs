@@ -104,7 +104,8 @@ fn parse_symbol_form(s: &str) -> Result<Condition, String> {
         Some('~') => (&left[..left.len() - 1], "regex", value),
         _ => (left, "equals", value.strip_prefix('=').unwrap_or(value)),
     };
-    build(field.trim(), operator, value)
+    // Spaces around the operator are layout (`FIELD = VALUE`), not part of the value.
+    build(field.trim(), operator, value.trim_start())
 }
 
 fn build(field: &str, operator: &str, value: &str) -> Result<Condition, String> {
@@ -219,6 +220,10 @@ mod tests {
         let (_, op, v, _) = p("header.x-id~=^[0-9]+=$");
         assert_eq!((op.as_str(), v.as_str()), ("regex", "^[0-9]+=$"));
         assert_eq!(p("query.q=a b c").2, "a b c");
+        // Spaces around the operator are not part of the field or the value.
+        assert_eq!(p("header.x-user-tier = vip"), p("header.x-user-tier=vip"));
+        assert_eq!(p("query.a != b").2, "b");
+        assert_eq!(p("query.a == b").2, "b");
     }
 
     #[test]

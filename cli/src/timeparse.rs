@@ -12,7 +12,9 @@ pub fn parse_since(s: &str) -> Result<Timestamp, String> {
     let age = parse_duration(s).ok_or_else(|| {
         format!("`{s}` is neither an RFC 3339 time (2024-01-01T10:00:00Z) nor an age like 30s, 10m, 2h, 1d")
     })?;
-    let since = Utc::now() - age;
+    let since = Utc::now().checked_sub_signed(age).ok_or_else(|| {
+        format!("`{s}` reaches back before the earliest time this CLI can express")
+    })?;
     Ok(to_timestamp(since))
 }
 

@@ -385,9 +385,9 @@ fn up_defaults() {
     let Command::Up(u) = parse(&["up"]).command else {
         panic!()
     };
-    assert_eq!(u.grpc_listen, "127.0.0.1:50051");
-    assert_eq!(u.proxy_listen, "0.0.0.0:8080");
-    assert_eq!(u.gateway_listen, "0.0.0.0:8000");
+    assert_eq!(u.grpc_listen.to_string(), "127.0.0.1:50051");
+    assert_eq!(u.proxy_listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(u.gateway_listen.to_string(), "0.0.0.0:8000");
     assert_eq!(u.data_dir.to_str(), Some("./.myagent"));
 }
 
@@ -452,4 +452,24 @@ fn usage_errors_exit_2_and_unreachable_server_exits_69() {
         "{err}"
     );
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn numbers_a_timer_cannot_hold_are_usage_errors() {
+    // Each of these panicked (exit 101) before being bounded.
+    for args in [
+        &["--timeout", "1e20", "status"][..],
+        &["monitor", "--interval", "1e308", "--count", "1"],
+        &["logs", "weather-agent", "--since", "99999999d"],
+        &["up", "--grpc-listen", "notanaddr"],
+    ] {
+        let e = fails(args);
+        assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+    }
+    let e = fails(&["up", "--grpc-listen", "notanaddr"]);
+    assert!(e.to_string().contains("--grpc-listen"), "{e}");
+    assert_eq!(
+        parse(&["--timeout", "31536000", "status"]).global.timeout,
+        31_536_000.0
+    );
 }

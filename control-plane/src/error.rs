@@ -118,6 +118,7 @@ impl Error {
                 d.insert("service_id".into(), id.clone());
             }
             Error::ServiceAlreadyExists(name) => {
+                d.insert("field".into(), "name".into());
                 d.insert("name".into(), name.clone());
             }
             Error::ServiceStartFailed {
@@ -127,6 +128,7 @@ impl Error {
                 d.insert("stderr".into(), stderr.join("\n"));
             }
             Error::PortInUse { host, port, owner } => {
+                d.insert("field".into(), "port".into());
                 d.insert("host".into(), host.clone());
                 d.insert("port".into(), port.to_string());
                 if let Some(o) = owner {
@@ -143,6 +145,7 @@ impl Error {
                 d.insert("rule_id".into(), id.clone());
             }
             Error::RuleAlreadyExists(name) => {
+                d.insert("field".into(), "name".into());
                 d.insert("name".into(), name.clone());
             }
             _ => {}

@@ -161,6 +161,31 @@ async fn tls_listener_serves_grpc() {
     // Plaintext clients cannot talk to a TLS listener.
     let plain = registry_plaintext(&cp.grpc_url()).await;
     assert!(plain.is_err(), "plaintext call to a TLS listener must fail");
+
+    // The CLI over TLS: `https://` with the CA given, and without it (not trusted).
+    let server = format!("https://localhost:{}", cp.grpc_addr.port());
+    let ca = dir.path().join("ca.pem").display().to_string();
+    let cli = |args: &[&str]| {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let server = server.clone();
+        let dir = dir.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            myagent_tests::cli::run_in(&dir, &server, &args)
+        })
+    };
+    let trusted = cli(&["--control-plane-ca", &ca, "list", "--output", "json"])
+        .await
+        .unwrap();
+    assert_eq!(trusted.code, Some(0), "{trusted}");
+    assert!(trusted.stdout.contains("\"services\""), "{trusted}");
+    let untrusted = cli(&["list"]).await.unwrap();
+    assert_eq!(untrusted.code, Some(69), "{untrusted}");
+    let missing = cli(&["--control-plane-ca", "/nonexistent/ca.pem", "list"])
+        .await
+        .unwrap();
+    assert_ne!(missing.code, Some(0), "{missing}");
+    assert!(missing.stderr.contains("--control-plane-ca"), "{missing}");
 }
 
 async fn registry_plaintext(url: &str) -> Result<(), tonic::Status> {

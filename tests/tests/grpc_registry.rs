@@ -289,7 +289,10 @@ async fn duplicates_and_port_conflicts(cp: &ControlPlane) {
     register(&mut c, req("alpha", 8081)).await;
     let dup = c.register_service(req("alpha", 8082)).await.unwrap_err();
     assert_eq!(dup.code(), tonic::Code::AlreadyExists);
-    assert_eq!(error_code(&dup).0, "SERVICE_ALREADY_EXISTS");
+    assert_eq!(
+        error_code(&dup),
+        ("SERVICE_ALREADY_EXISTS".into(), "name".into())
+    );
 
     let port = c
         .register_service(pb::RegisterServiceRequest {
@@ -299,8 +302,8 @@ async fn duplicates_and_port_conflicts(cp: &ControlPlane) {
         .await
         .unwrap_err();
     assert_eq!(
-        error_code(&port).0,
-        "PORT_IN_USE",
+        error_code(&port),
+        ("PORT_IN_USE".into(), "port".into()),
         "localhost and 127.0.0.1 are one host"
     );
     // Another host may use the same port.

@@ -205,7 +205,10 @@ async fn names_are_unique(cp: &ControlPlane) {
     c.create_rule(rule("vip-routing", 1)).await.unwrap();
     let e = c.create_rule(rule("vip-routing", 2)).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists);
-    assert_eq!(error_code(&e).0, "RULE_ALREADY_EXISTS");
+    assert_eq!(
+        error_code(&e),
+        ("RULE_ALREADY_EXISTS".into(), "name".into())
+    );
 
     let attempts = (0..6).map(|_| {
         let mut c = c.clone();

@@ -250,6 +250,30 @@ async fn follow_delivers_new_lines_within_seconds() {
     assert_eq!(got.source, "stdout");
     assert_eq!(got.service_id, def.id);
     println!("follow delivered a new line in {:?}", sent.elapsed());
+
+    // The service is deleted: the follow ends with SERVICE_NOT_FOUND instead of hanging.
+    fx.ctx
+        .store
+        .delete(&myagent_control_plane::keys::service(&def.id))
+        .await
+        .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                Some(Err(s)) => return Some(s),
+                None => return None,
+            }
+        }
+    })
+    .await
+    .expect("the follow ends within 10 s of the deletion")
+    .expect("the follow ends with an error, not silently");
+    assert_eq!(end.code(), tonic::Code::NotFound, "{end:?}");
+    assert_eq!(
+        myagent_tests::control_plane::error_code(&end).0,
+        "SERVICE_NOT_FOUND"
+    );
     fx.shutdown().await;
 }
 

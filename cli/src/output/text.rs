@@ -74,14 +74,15 @@ pub fn list(r: &pb::ListServicesResponse) -> String {
     } else {
         tbl.render()
     };
-    if r.has_next || r.offset > 0 {
-        out.push_str(&format!(
-            "\nShowing {}-{} of {} (next: --offset {})\n",
-            if shown == 0 { 0 } else { r.offset as usize + 1 },
-            r.offset as usize + shown,
-            r.total,
-            r.offset as usize + shown
-        ));
+    if shown == 0 && r.offset > 0 {
+        out.push_str(&format!("\nNone at --offset {} of {}\n", r.offset, r.total));
+    } else if r.has_next || r.offset > 0 {
+        let (first, last) = (r.offset as usize + 1, r.offset as usize + shown);
+        out.push_str(&format!("\nShowing {first}-{last} of {}", r.total));
+        if r.has_next {
+            out.push_str(&format!(" (next: --offset {last})"));
+        }
+        out.push('\n');
     } else {
         out.push_str(&format!("\n{} service(s)\n", r.total));
     }
@@ -560,6 +561,24 @@ ext            stopped  -        ws://10.0.0.2:9000   -                    0    
             "{}",
             list(&r)
         );
+        // The last page has no next offset; a page past the end says so.
+        let last = pb::ListServicesResponse {
+            has_next: false,
+            offset: 2,
+            ..r.clone()
+        };
+        assert!(
+            list(&last).ends_with("\nShowing 3-3 of 3\n"),
+            "{}",
+            list(&last)
+        );
+        let past = pb::ListServicesResponse {
+            services: vec![],
+            has_next: false,
+            offset: 99,
+            ..r
+        };
+        assert_eq!(list(&past), "No services.\n\nNone at --offset 99 of 3\n");
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 10_000;
 pub const DEFAULT_SEARCH_LIMIT: usize = 50;
 /// Follow: live entries buffered per stream before the slow reader is told it lagged.
+/// How often a follow checks that its service still exists.
+const FOLLOW_EXISTS_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 const FOLLOW_BUFFER: usize = 256;
 
 pub struct LogsService {
@@ -206,6 +208,7 @@ impl pb::logs_server::Logs for LogsService {
         let last_seq = backlog.iter().map(|e| e.seq).max().unwrap_or(0);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<pb::LogEntry, Status>>(FOLLOW_BUFFER);
         let shutdown = self.ctx.shutdown.clone();
+        let store = self.ctx.store.clone();
         let id = def.id.clone();
         tokio::spawn(async move {
             for e in &backlog {
@@ -213,10 +216,20 @@ impl pb::logs_server::Logs for LogsService {
                     return;
                 }
             }
+            // A deleted service has no more lines: the follow ends with SERVICE_NOT_FOUND.
+            let mut exists = tokio::time::interval(FOLLOW_EXISTS_CHECK);
+            exists.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let next = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     _ = tx.closed() => return,
+                    _ = exists.tick() => {
+                        if let Ok(None) = store.get(&crate::keys::service(&id)).await {
+                            let _ = tx.send(Err(Error::ServiceNotFound(id.clone()).into())).await;
+                            return;
+                        }
+                        continue;
+                    }
                     n = live.recv() => n,
                 };
                 match next {
