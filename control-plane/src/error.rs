@@ -166,11 +166,39 @@ impl From<Error> for tonic::Status {
                 tracing::warn!(error = %e, "store unavailable");
                 "The state store is unavailable; retry shortly".to_string()
             }
-            other => other.to_string(),
+            other => clip(other.to_string(), MAX_ECHO),
         };
-        let details = ErrorDetails::with_error_info(e.code(), ERROR_DOMAIN, e.details());
+        let details: HashMap<String, String> = e
+            .details()
+            .into_iter()
+            .map(|(k, v)| {
+                let max = if k == "stderr" { MAX_STDERR } else { MAX_ECHO };
+                (k, clip(v, max))
+            })
+            .collect();
+        let details = ErrorDetails::with_error_info(e.code(), ERROR_DOMAIN, details);
         tonic::Status::with_error_details(e.grpc_code(), message, details)
     }
+}
+
+/// Longest message or detail value an error carries back: ids and names from a request are
+/// echoed, and a status's headers must stay well inside HTTP/2's header list limit (16 KiB),
+/// or the answer itself fails with a protocol error (a 500 instead of a 404).
+const MAX_ECHO: usize = 1024;
+/// A failed start's stderr lines get more room.
+const MAX_STDERR: usize = 6 * 1024;
+
+/// `s` cut to at most `max` bytes at a character boundary, marked with `…` when cut.
+fn clip(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
 }
 
 impl From<etcd_client::Error> for Error {

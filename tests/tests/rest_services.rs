@@ -265,11 +265,14 @@ async fn malformed_input_is_400_with_the_field_and_writes_nothing() {
         assert_error(s, &b, 400, "INVALID_REQUEST")["field"],
         "bogus"
     );
-    let (s, b) = json(c.get(gw.api("/services?limit=lots"))).await;
-    assert_eq!(
-        assert_error(s, &b, 400, "INVALID_REQUEST")["field"],
-        "limit"
-    );
+    for bad in ["lots", "0", "-1", "1001"] {
+        let (s, b) = json(c.get(gw.api(&format!("/services?limit={bad}")))).await;
+        assert_eq!(
+            assert_error(s, &b, 400, "INVALID_REQUEST")["field"],
+            "limit",
+            "limit={bad}"
+        );
+    }
     // An out-of-range restart grace is refused at once (it used to be accepted and held the
     // request, and the service's lifecycle, for that many seconds).
     let (s, b) = json(
@@ -310,4 +313,18 @@ async fn unknown_ids_are_404_with_the_right_code() {
     assert_error(s, &b, 404, "RULE_NOT_FOUND");
     let (s, b) = json(c.get(gw.api("/nothing"))).await;
     assert_error(s, &b, 404, "INVALID_REQUEST");
+    // Ids far longer than any real one are still a 404: the echoed id is cut short (echoed
+    // whole, the answer outgrew HTTP/2's header limit and came back as a 500).
+    let long = "a".repeat(20_000);
+    for req in [
+        c.get(gw.api(&format!("/services/{long}"))),
+        c.get(gw.api(&format!("/connections?service_id={long}"))),
+    ] {
+        let (s, b) = json(req).await;
+        let d = assert_error(s, &b, 404, "SERVICE_NOT_FOUND");
+        let echoed = d["service_id"].as_str().unwrap_or_default();
+        assert!(echoed.len() < 2048 && echoed.ends_with('…'), "{b}");
+    }
+    let (s, b) = json(c.get(gw.api(&format!("/routing/rules/{long}")))).await;
+    assert_error(s, &b, 404, "RULE_NOT_FOUND");
 }

@@ -14,6 +14,7 @@ pub struct ListConnectionsQuery {
     /// active | closed
     pub status: Option<String>,
     /// Default 100, max 10000.
+    #[serde(default, deserialize_with = "super::page_limit")]
     pub limit: Option<u32>,
     /// Only connections held by this proxy node.
     pub node_id: Option<String>,

@@ -203,6 +203,7 @@ impl From<pb::HealthHistory> for HealthHistoryView {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LimitQuery {
+    #[serde(default, deserialize_with = "super::page_limit")]
     pub limit: Option<u32>,
 }
 
@@ -212,6 +213,7 @@ pub struct LogsQuery {
     /// debug | info | warn | error: this level and above.
     pub level: Option<String>,
     /// Default 100, max 10000 (newest kept, oldest first).
+    #[serde(default, deserialize_with = "super::page_limit")]
     pub limit: Option<u32>,
     /// RFC 3339 timestamp, e.g. 2024-01-01T10:00:00Z.
     pub since: Option<String>,
@@ -223,6 +225,7 @@ pub struct LogSearchQuery {
     pub query: Option<String>,
     /// Service id or name.
     pub service_id: Option<String>,
+    #[serde(default, deserialize_with = "super::page_limit")]
     pub limit: Option<u32>,
     pub level: Option<String>,
 }

@@ -139,6 +139,7 @@ pub struct ListServicesQuery {
     /// stopped | starting | running | stopping | error
     pub status: Option<String>,
     /// Page size (default 100, max 1000).
+    #[serde(default, deserialize_with = "super::page_limit")]
     pub limit: Option<u32>,
     pub offset: Option<u32>,
 }
