@@ -49,6 +49,37 @@ async fn start_stop_restart_a_managed_agent() {
     fx.shutdown().await;
 }
 
+/// Two starts while the agent is still starting: `services/{id}` holds one request, so the
+/// second replaces the first. Both calls answer once the agent runs (the first used to wait
+/// for its own, replaced request until its timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_both_answer_when_running() {
+    let fx = Fixture::start().await;
+    let port = agent_port();
+    let def = fx
+        .register("slow", Some(echo_agent()), port, |c| {
+            c.env = env(&[("ECHO_STARTUP_DELAY", "2")]);
+        })
+        .await;
+    let t0 = std::time::Instant::now();
+    let first = tokio::spawn({
+        let (ctx, def) = (fx.ctx.clone(), def.clone());
+        async move { lifecycle::start(&ctx, &def).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = lifecycle::start(&fx.ctx, &def).await.expect("second start");
+    let first = first.await.unwrap().expect("first start");
+    assert_eq!(first.status, ServiceStatus::Running);
+    assert_eq!(second.status, ServiceStatus::Running);
+    assert_eq!(first.pid, second.pid, "one process");
+    assert!(
+        t0.elapsed() < Duration::from_secs(15),
+        "both answered once running, not at a timeout: {:?}",
+        t0.elapsed()
+    );
+    fx.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_at_once_is_service_start_failed_with_stderr() {
     let fx = Fixture::start().await;

@@ -49,12 +49,14 @@ pub async fn start(ctx: &Context, service: &ServiceDef) -> Result<Runtime> {
         });
     }
     let req_id = uuid::Uuid::new_v4().to_string();
+    let mut before = None;
     let outcome = update_intent(ctx, &service.id, |def, rt| {
         if def.desired == DesiredState::Running
             && rt.is_some_and(|r| r.status == ServiceStatus::Running)
         {
             return None; // already running: nothing to do
         }
+        before = rt.and_then(|r| r.handled_restart.clone());
         def.desired = DesiredState::Running;
         def.deleting = false;
         def.restart = Some(RestartRequest {
@@ -72,7 +74,7 @@ pub async fn start(ctx: &Context, service: &ServiceDef) -> Result<Runtime> {
         Intent::Written { def, rev } => (def, rev),
     };
     let timeout = secs(def.config.startup_timeout, 30.0) + MARGIN;
-    let rt = wait_handled(ctx, &def, rev, &req_id, timeout).await?;
+    let rt = wait_handled(ctx, &def, rev, &req_id, before.as_deref(), timeout).await?;
     match rt.status {
         ServiceStatus::Running => Ok(rt),
         ServiceStatus::Error => Err(runtime_error(&def, &rt)),
@@ -132,7 +134,9 @@ pub async fn restart(
 ) -> Result<Runtime> {
     let req_id = uuid::Uuid::new_v4().to_string();
     let grace = grace_seconds.unwrap_or(0);
-    let outcome = update_intent(ctx, &service.id, |def, _| {
+    let mut before = None;
+    let outcome = update_intent(ctx, &service.id, |def, rt| {
+        before = rt.and_then(|r| r.handled_restart.clone());
         def.desired = DesiredState::Running;
         def.deleting = false;
         def.restart = Some(RestartRequest {
@@ -154,7 +158,7 @@ pub async fn restart(
         + secs(c.stop_grace_period, 10.0)
         + secs(c.startup_timeout, 30.0)
         + MARGIN;
-    let rt = wait_handled(ctx, &def, rev, &req_id, timeout).await?;
+    let rt = wait_handled(ctx, &def, rev, &req_id, before.as_deref(), timeout).await?;
     match rt.status {
         ServiceStatus::Error => Err(runtime_error(&def, &rt)),
         _ => Ok(rt),
@@ -214,16 +218,24 @@ async fn current_runtime(ctx: &Context, id: &str) -> Result<Runtime> {
         .unwrap_or_else(|| Runtime::stopped(Utc::now())))
 }
 
-/// Waits until the supervisor records request `req_id` as handled.
+/// Waits until the supervisor records request `req_id` as handled, or a request that replaced
+/// it (`services/{id}` holds one request: a concurrent start or restart overwrites ours, and the
+/// supervisor then handles that one instead). `before` is the last request handled when ours
+/// was written; one handled after it that left the service running, or failed, settles ours.
 async fn wait_handled(
     ctx: &Context,
     def: &ServiceDef,
     rev: i64,
     req_id: &str,
+    before: Option<&str>,
     timeout: Duration,
 ) -> Result<Runtime> {
     let found = wait_runtime(ctx, &def.id, rev, timeout, |rt| {
-        rt.handled_restart.as_deref() == Some(req_id)
+        let handled = rt.handled_restart.as_deref();
+        handled == Some(req_id)
+            || (handled.is_some()
+                && handled != before
+                && matches!(rt.status, ServiceStatus::Running | ServiceStatus::Error))
     })
     .await?;
     found.ok_or_else(|| Error::ServiceStartFailed {
