@@ -3,7 +3,7 @@
 //! has not reflected yet.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use myagent_proto::v1 as pb;
 
@@ -22,6 +22,10 @@ struct Local {
     base_sessions: i64,
     /// Most live connections at once since the peaks were last taken (for the report).
     peak: i64,
+    /// Connections (and, of them, sessions) routed here and still connecting: held by
+    /// [`Slot`]s until the connection is counted or given up.
+    pending_active: i64,
+    pending_sessions: i64,
 }
 
 #[derive(Debug, Default)]
@@ -46,7 +50,46 @@ pub struct Peaks {
 /// Thread-safe load table; every operation is a short critical section (never across `.await`).
 #[derive(Debug, Default)]
 pub struct Load {
-    inner: Mutex<Table>,
+    inner: Arc<Mutex<Table>>,
+}
+
+/// A routing decision's claim on its service's capacity, from the decision until the
+/// connection is counted ([`Load::connection_opened`]) or given up (dropped): connections
+/// routed at the same moment see each other, so a burst cannot overshoot `max_sessions`.
+#[derive(Debug)]
+pub struct Slot {
+    table: Arc<Mutex<Table>>,
+    service_id: String,
+    session: bool,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut t = lock(&self.table);
+        if let Some(l) = t.local.get_mut(&self.service_id) {
+            l.pending_active -= 1;
+            l.pending_sessions -= i64::from(self.session);
+        }
+    }
+}
+
+// A poisoned lock only means another thread panicked mid-update of plain counters; the
+// numbers are still usable for routing.
+fn lock(m: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Table {
+    fn effective(&self, service_id: &str) -> ServiceLoad {
+        let (cc, cs) = self.cluster.get(service_id).copied().unwrap_or((0, 0));
+        let l = self.local.get(service_id).copied().unwrap_or_default();
+        let conns = cc as i64 + (l.active - l.base_active) + l.pending_active;
+        let sess = cs as i64 + (l.sessions_created - l.base_sessions) + l.pending_sessions;
+        ServiceLoad {
+            connections: conns.max(0) as u64,
+            sessions: sess.max(0) as u64,
+        }
+    }
 }
 
 /// Effective load of one service.
@@ -58,22 +101,32 @@ pub struct ServiceLoad {
 
 impl Load {
     fn with<R>(&self, f: impl FnOnce(&mut Table) -> R) -> R {
-        // A poisoned lock only means another thread panicked mid-update of plain counters;
-        // the numbers are still usable for routing.
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut g)
+        f(&mut lock(&self.inner))
     }
 
     pub fn get(&self, service_id: &str) -> ServiceLoad {
+        self.with(|t| t.effective(service_id))
+    }
+
+    /// Claims a connection to `service_id`, and a session when the connection brings one the
+    /// service does not hold (`session`): `None` when that session would go over
+    /// `max_sessions` (0 = unbounded). Checked and claimed under one lock.
+    pub fn try_reserve(&self, service_id: &str, max_sessions: u32, session: bool) -> Option<Slot> {
         self.with(|t| {
-            let (cc, cs) = t.cluster.get(service_id).copied().unwrap_or((0, 0));
-            let l = t.local.get(service_id).copied().unwrap_or_default();
-            let conns = cc as i64 + (l.active - l.base_active);
-            let sess = cs as i64 + (l.sessions_created - l.base_sessions);
-            ServiceLoad {
-                connections: conns.max(0) as u64,
-                sessions: sess.max(0) as u64,
+            if session
+                && max_sessions > 0
+                && t.effective(service_id).sessions >= u64::from(max_sessions)
+            {
+                return None;
             }
+            let l = t.local.entry(service_id.to_string()).or_default();
+            l.pending_active += 1;
+            l.pending_sessions += i64::from(session);
+            Some(Slot {
+                table: self.inner.clone(),
+                service_id: service_id.to_string(),
+                session,
+            })
         })
     }
 
@@ -192,6 +245,41 @@ mod tests {
         load.connection_closed("a");
         assert_eq!(load.get("a").connections, 4);
         assert_eq!(load.get("b"), ServiceLoad::default());
+    }
+
+    #[test]
+    fn slots_count_until_dropped_and_bound_sessions() {
+        let load = Load::default();
+        let a = load.try_reserve("a", 2, true).expect("room");
+        let b = load.try_reserve("a", 2, true).expect("room");
+        assert_eq!(
+            load.get("a"),
+            ServiceLoad {
+                connections: 2,
+                sessions: 2
+            }
+        );
+        assert!(
+            load.try_reserve("a", 2, true).is_none(),
+            "full while both connect"
+        );
+        // A resumed session brings none: not refused, counted as a connection.
+        let resumed = load.try_reserve("a", 2, false).expect("no new session");
+        assert_eq!(load.get("a").connections, 3);
+        drop(resumed);
+        // One connects (counted for good), one gives up: room for one more.
+        load.connection_opened("a", true);
+        drop(a);
+        drop(b);
+        assert_eq!(
+            load.get("a"),
+            ServiceLoad {
+                connections: 1,
+                sessions: 1
+            }
+        );
+        assert!(load.try_reserve("a", 2, true).is_some());
+        assert!(load.try_reserve("a", 0, true).is_some(), "0 = unbounded");
     }
 
     #[test]

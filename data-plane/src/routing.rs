@@ -74,6 +74,9 @@ pub struct Decision {
     pub service: Arc<Service>,
     /// `routing_strategy` as reported to the client.
     pub strategy: &'static str,
+    /// The claim on the service's capacity while the connection is being made (set by the
+    /// caller once the decision is taken; see [`crate::load::Slot`]).
+    pub slot: Option<Arc<crate::load::Slot>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +146,7 @@ impl Router {
                     return Ok(Decision {
                         service: s.clone(),
                         strategy: "session_affinity",
+                        slot: None,
                     });
                 }
             }
@@ -156,9 +160,15 @@ impl Router {
                 .ok_or_else(|| {
                     RouteError::ServiceNotFound(format!("Service '{name}' not found"))
                 })?;
-            if !s.is_candidate() || excluded(s) {
+            if excluded(s) {
                 return Err(RouteError::RoutingFailed(format!(
-                    "Service '{name}' is not running and healthy"
+                    "Service '{name}' failed this connection"
+                )));
+            }
+            if !s.is_candidate() {
+                return Err(RouteError::RoutingFailed(format!(
+                    "Service '{name}' {}",
+                    s.unroutable_reason()
                 )));
             }
             if full(s) {
@@ -170,6 +180,7 @@ impl Router {
             return Ok(Decision {
                 service: s.clone(),
                 strategy: "direct",
+                slot: None,
             });
         }
 
@@ -216,6 +227,7 @@ impl Router {
             return Ok(Decision {
                 service: s,
                 strategy: rule.strategy.as_str(),
+                slot: None,
             });
         }
 
@@ -233,6 +245,7 @@ impl Router {
             return Ok(Decision {
                 service: s,
                 strategy: strat.as_str(),
+                slot: None,
             });
         }
 

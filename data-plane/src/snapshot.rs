@@ -85,6 +85,21 @@ impl Service {
         self.routable && !self.draining
     }
 
+    /// Why a service that is not a candidate takes no new connections, for error messages.
+    pub fn unroutable_reason(&self) -> String {
+        let (status, health) = (self.source.status.as_str(), self.source.health.as_str());
+        if self.draining {
+            "is draining".into()
+        } else if status != "running" {
+            format!("is {status}, not running")
+        } else if health == "unhealthy" {
+            "is unhealthy".into()
+        } else {
+            // Running and healthy, but its health keeps changing: damped until stable.
+            "is running but flapping: held out of routing until its health checks are stable".into()
+        }
+    }
+
     pub fn has_tags(&self, tags: &[String]) -> bool {
         tags.iter().all(|t| self.tags.iter().any(|x| x == t))
     }

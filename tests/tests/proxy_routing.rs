@@ -459,6 +459,42 @@ async fn capacity_gives_insufficient_resources() {
     assert_eq!(route_err(&proxy, "tag=t").await.0, "INSUFFICIENT_RESOURCES");
 }
 
+/// Connections arriving together: each routing decision claims its slot before connecting, so
+/// exactly `max_sessions` get through and the rest get INSUFFICIENT_RESOURCES (all of them
+/// used to pass the check while none was counted yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn capacity_holds_for_connections_arriving_together() {
+    let a = echo_agent().spawn().await;
+    let cp = FakeControlPlane::spawn().await;
+    let proxy = spawn_proxy(&[cp.url()], |_| {}).await;
+    let mut s = service("id-a", "a", a.addr, &["t"]);
+    s.max_sessions = 3;
+    cp.push(full(1, vec![s], vec![]));
+    proxy.wait_version(1).await;
+    let url = proxy.ws_url("service=a");
+    let attempts = (0..12).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let mut ws = connect(&url).await;
+            let ev = next_json(&mut ws).await;
+            (ev, ws)
+        })
+    });
+    let mut routed = 0;
+    let mut refused = 0;
+    let mut held = Vec::new();
+    for t in attempts.collect::<Vec<_>>() {
+        let (ev, ws) = t.await.unwrap();
+        match (ev["event"].as_str(), ev["data"]["code"].as_str()) {
+            (Some("connection_routed"), _) => routed += 1,
+            (Some("error"), Some("INSUFFICIENT_RESOURCES")) => refused += 1,
+            other => panic!("unexpected first frame {other:?}: {ev}"),
+        }
+        held.push(ws);
+    }
+    assert_eq!((routed, refused), (3, 9));
+}
+
 #[tokio::test]
 async fn sessions_resume_locally_via_updates_and_via_resolve() {
     let s = setup(vec![]).await;

@@ -125,10 +125,24 @@ pub(crate) async fn route_and_connect(
     let mut last_err = None;
     for _attempt in 0..4 {
         let snap = shared.snapshot();
-        let decision =
+        let mut decision =
             shared
                 .router
                 .decide(&snap, &shared.load, req, bound, session_id, exclude)?;
+        // Claimed before connecting, so connections routed meanwhile count this one. Lost to
+        // a concurrent claim: decide again (the claims now show the service as full).
+        let svc = &decision.service;
+        let session = bound != Some(svc.id.as_str());
+        match shared.load.try_reserve(&svc.id, svc.max_sessions, session) {
+            Some(slot) => decision.slot = Some(Arc::new(slot)),
+            None => {
+                last_err = Some(RouteError::InsufficientResources(format!(
+                    "Service '{}' is at its max_sessions ({})",
+                    svc.name, svc.max_sessions
+                )));
+                continue;
+            }
+        }
         let started = Instant::now();
         match upstream::connect(
             &decision.service,
@@ -149,16 +163,14 @@ pub(crate) async fn route_and_connect(
                 tracing::warn!(service = %decision.service.name, connection_id, error = %e, "upstream connect failed");
                 shared.note_passive_failure(&decision.service.id);
                 exclude.push(decision.service.id.clone());
-                last_err = Some(format!(
+                last_err = Some(RouteError::RoutingFailed(format!(
                     "Service '{}' is unreachable: {e}",
                     decision.service.name
-                ));
+                )));
             }
         }
     }
-    Err(RouteError::RoutingFailed(
-        last_err.unwrap_or_else(|| "No reachable service".into()),
-    ))
+    Err(last_err.unwrap_or_else(|| RouteError::RoutingFailed("No reachable service".into())))
 }
 
 /// Serves one upgraded client connection to the end. Not an `async fn`: opening (a
