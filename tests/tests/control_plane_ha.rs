@@ -132,12 +132,24 @@ async fn two_replicas_share_state_and_uniqueness() {
         let loser = x.err().or(y.err()).unwrap();
         assert_eq!(error_code(&loser).0, "SERVICE_ALREADY_EXISTS");
     }
+    // The same port under different names, through both replicas at once: one keeps it.
+    for round in 0..5 {
+        let port = 9300 + round;
+        let (x, y) = tokio::join!(
+            ra.register_service(req(&format!("port-a-{round}"), port)),
+            rb.register_service(req(&format!("port-b-{round}"), port)),
+        );
+        let oks = [x.is_ok(), y.is_ok()].iter().filter(|o| **o).count();
+        assert_eq!(oks, 1, "round {round}: exactly one service gets port {port}");
+        let loser = x.err().or(y.err()).unwrap();
+        assert_eq!(error_code(&loser).0, "PORT_IN_USE");
+    }
     let all = ra
         .list_services(pb::ListServicesRequest::default())
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(all.total, 6);
+    assert_eq!(all.total, 11);
     b.shutdown().await;
     a.shutdown().await;
 }

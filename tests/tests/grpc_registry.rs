@@ -306,6 +306,19 @@ async fn duplicates_and_port_conflicts(cp: &ControlPlane) {
         ("PORT_IN_USE".into(), "port".into()),
         "localhost and 127.0.0.1 are one host"
     );
+    // Registrations of one port arriving together: exactly one gets it.
+    let racers = (0..8).map(|i| {
+        let mut c = c.clone();
+        tokio::spawn(async move { c.register_service(req(&format!("racer-{i}"), 8090)).await })
+    });
+    let mut oks = 0;
+    for r in racers.collect::<Vec<_>>() {
+        match r.await.unwrap() {
+            Ok(_) => oks += 1,
+            Err(e) => assert_eq!(error_code(&e).0, "PORT_IN_USE"),
+        }
+    }
+    assert_eq!(oks, 1, "one of the concurrent registrations of port 8090");
     // Another host may use the same port.
     register(
         &mut c,
@@ -315,7 +328,7 @@ async fn duplicates_and_port_conflicts(cp: &ControlPlane) {
         },
     )
     .await;
-    assert_eq!(total(&mut c).await, 2);
+    assert_eq!(total(&mut c).await, 3);
 }
 
 async fn lookups_by_id_and_name(cp: &ControlPlane) {

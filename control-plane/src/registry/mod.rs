@@ -74,6 +74,9 @@ pub struct Written<T> {
 #[instrument(skip_all, fields(service = %req.name))]
 pub async fn register(ctx: &Context, req: NewService) -> Result<Written<ServiceView>> {
     let def = build_def(req)?;
+    // One registration at a time in this replica: the port check and the write are not one
+    // transaction (the store cannot compare a whole prefix).
+    let _one_at_a_time = REGISTERING.lock().await;
     check_port_free(ctx, &def, None).await?;
     let txn = Txn {
         compares: vec![Compare::Absent(keys::service_name(&def.name))],
@@ -86,6 +89,24 @@ pub async fn register(ctx: &Context, req: NewService) -> Result<Written<ServiceV
     let resp = ctx.store.txn(txn).await?;
     if !resp.succeeded {
         return Err(Error::ServiceAlreadyExists(def.name));
+    }
+    // Another replica may have registered the same host:port meanwhile: the earlier write
+    // keeps it, a later one takes itself back.
+    if let Some(owner) = earlier_port_owner(ctx, &def, resp.revision).await? {
+        let undo = Txn {
+            compares: vec![Compare::ModRevision(keys::service(&def.id), resp.revision)],
+            success: vec![
+                TxnOp::delete(keys::service(&def.id)),
+                TxnOp::delete(keys::service_name(&def.name)),
+            ],
+            failure: vec![],
+        };
+        ctx.store.txn(undo).await?;
+        return Err(Error::PortInUse {
+            host: def.host.clone(),
+            port: def.port,
+            owner: Some(owner),
+        });
     }
     info!(service_id = %def.id, endpoint = %def.endpoint(), "service registered");
     let value = view::view(def, None, None, Utc::now());
@@ -146,6 +167,25 @@ async fn check_port_free(ctx: &Context, def: &ServiceDef, except_id: Option<&str
         }
     }
     Ok(())
+}
+
+/// Registrations in this replica, one at a time.
+static REGISTERING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The name of a service on `def`'s host:port written before `def` (at `revision`), if any.
+async fn earlier_port_owner(
+    ctx: &Context,
+    def: &ServiceDef,
+    revision: Revision,
+) -> Result<Option<String>> {
+    let host = validate::normalize_host(&def.host);
+    let (kvs, _) = ctx.store.range(keys::SERVICES).await?;
+    Ok(kvs
+        .iter()
+        .filter(|kv| kv.create_revision < revision)
+        .filter_map(|kv| json::decode::<ServiceDef>(kv).ok())
+        .find(|o| o.id != def.id && o.port == def.port && validate::normalize_host(&o.host) == host)
+        .map(|o| o.name))
 }
 
 async fn all_defs(ctx: &Context) -> Result<Vec<ServiceDef>> {
