@@ -300,14 +300,27 @@ async fn a_client_ping_keeps_the_relay_alive_and_the_close_reported() {
         .await
         .unwrap();
     send_text(&mut ws, "after").await;
-    // The pong (answered by the proxy's WebSocket layer) may come first.
-    let echoed = loop {
-        match next_msg(&mut ws).await {
-            Message::Pong(_) => continue,
+    // The ping is relayed and the agent's pong comes back: exactly one, with its payload (the
+    // proxy answered it itself as well, a second pong).
+    let mut pongs = Vec::new();
+    let mut next = async |ws: &mut Client| loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("open")
+            .expect("a valid frame");
+        match m {
+            Message::Pong(p) => pongs.push(p),
             m => break m,
         }
     };
+    let echoed = next(&mut ws).await;
     assert!(echoed.to_text().unwrap().contains("after"), "{echoed:?}");
+    send_text(&mut ws, "last").await;
+    let last = next(&mut ws).await;
+    assert!(last.to_text().unwrap().contains("last"), "{last:?}");
+    assert_eq!(pongs.len(), 1, "one pong per ping: {pongs:?}");
+    assert_eq!(&pongs[0][..], b"keep");
     ws.close(None).await.unwrap();
     cp.wait_for("connection closed report", Duration::from_secs(10), |ms| {
         ms.iter()

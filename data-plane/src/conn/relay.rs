@@ -214,6 +214,10 @@ where
         commands: Arc<Commands>,
         routed_event: String,
     ) -> Self {
+        // Pings cross the relay and are answered by the far end (DESIGN §6: relayed).
+        let (mut client, mut up) = (client, up);
+        client.set_auto_pong(false);
+        up.set_auto_pong(false);
         let idle = shared.settings.idle_timeout;
         // The tick checks idleness and publishes this connection's activity and metrics.
         let period = if idle.is_zero() {
@@ -575,12 +579,14 @@ where
                     self.check_buffer();
                 }
             }
-            // Pings and pongs are relayed only on a live upstream (tungstenite has already
-            // answered the client's ping itself).
+            // Pings and pongs are relayed: the agent answers the client's ping. Without a
+            // live upstream (switching, draining) the proxy answers it, and drops pongs.
             Message::Ping(_) | Message::Pong(_) => {
                 self.activity += 1;
                 if self.is_relay() && self.up.is_some() {
                     self.to_up.push_back(m);
+                } else if let Message::Ping(data) = m {
+                    self.to_client.push_back(Message::Pong(data));
                 }
             }
             Message::Close(frame) => {
@@ -855,7 +861,7 @@ where
             self.to_up.push_front(m);
         }
         self.to_up
-            .retain(|m| matches!(m, Message::Text(_) | Message::Binary(_)));
+            .retain(|m| matches!(m, Message::Text(_) | Message::Binary(_) | Message::Ping(_)));
         self.exclude.push(self.service.id.clone());
         let shared = self.shared.clone();
         let req = self.acc.req.clone();
@@ -923,6 +929,8 @@ where
                     pb::connection_event::Kind::Updated,
                     self.stats.to_proto(&self.shared.settings.node_id, "active"),
                 );
+                let mut up = up;
+                up.set_auto_pong(false);
                 self.up = Some(up);
                 self.up_readable = true;
                 self.up_done = false;

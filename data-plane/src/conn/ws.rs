@@ -105,6 +105,8 @@ pub struct WsStream<S> {
     failed: bool,
     /// Mask keys of a client endpoint (xorshift64*, seeded at random per connection).
     mask_state: u64,
+    /// Pings are answered here; off on a relay, which passes them to the other side.
+    auto_pong: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
@@ -129,7 +131,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             reply_queued: false,
             failed: false,
             mask_state: rand::random::<u64>() | 1,
+            auto_pong: true,
         }
+    }
+
+    /// Whether a ping is answered by this endpoint (the default) or only reported, for the
+    /// caller to relay.
+    pub fn set_auto_pong(&mut self, on: bool) {
+        self.auto_pong = on;
     }
 
     /// Queues bytes to go out ahead of the next frames (the `101` of the handshake).
@@ -350,7 +359,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                 }
                 0x9 => {
                     let data = payload.freeze();
-                    if !self.close_sent {
+                    if !self.close_sent && self.auto_pong {
                         self.encode(&Message::Pong(data.clone()));
                         self.reply_queued = true;
                     }
