@@ -38,6 +38,18 @@ pub fn rule_name(name: &str) -> String {
     format!("{RULE_NAMES}{name}")
 }
 
+/// The value of a name index key (`service-names/`, `rule-names/`): the id as a JSON string,
+/// like every value in the store.
+pub fn name_index_value(id: &str) -> Vec<u8> {
+    serde_json::to_vec(id).unwrap_or_else(|_| id.as_bytes().to_vec())
+}
+
+/// The id a name index key holds: a JSON string, or the bare id earlier versions wrote.
+pub fn name_index_id(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(value);
+    serde_json::from_str::<String>(&text).unwrap_or_else(|_| text.trim().to_string())
+}
+
 pub fn node(node_id: &str) -> String {
     format!("{NODES}{node_id}")
 }

@@ -140,7 +140,10 @@ async fn two_replicas_share_state_and_uniqueness() {
             rb.register_service(req(&format!("port-b-{round}"), port)),
         );
         let oks = [x.is_ok(), y.is_ok()].iter().filter(|o| **o).count();
-        assert_eq!(oks, 1, "round {round}: exactly one service gets port {port}");
+        assert_eq!(
+            oks, 1,
+            "round {round}: exactly one service gets port {port}"
+        );
         let loser = x.err().or(y.err()).unwrap();
         assert_eq!(error_code(&loser).0, "PORT_IN_USE");
     }
@@ -150,6 +153,20 @@ async fn two_replicas_share_state_and_uniqueness() {
         .unwrap()
         .into_inner();
     assert_eq!(all.total, 11);
+    // DESIGN §3: every value is JSON, so `etcdctl get --prefix` is readable (the name indexes
+    // held bare ids).
+    let store = myagent_tests::control_plane::etcd_store(&etcd, &prefix).await;
+    let (kvs, _) = store.range("").await.unwrap();
+    assert!(kvs.iter().any(|kv| kv.key.starts_with("service-names/")));
+    assert!(kvs.iter().any(|kv| kv.key.starts_with("rule-names/")));
+    for kv in &kvs {
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&kv.value).is_ok(),
+            "{} is not JSON: {}",
+            kv.key,
+            String::from_utf8_lossy(&kv.value)
+        );
+    }
     b.shutdown().await;
     a.shutdown().await;
 }

@@ -47,9 +47,7 @@ pub(crate) async fn find_service(ctx: &Context, service: &str) -> Result<Service
         return Ok(def);
     }
     if let Some(kv) = ctx.store.get(&keys::service_name(service)).await? {
-        let id = String::from_utf8_lossy(&kv.value);
-        // The name index holds the id, as a JSON string or raw.
-        let id = serde_json::from_str::<String>(&id).unwrap_or_else(|_| id.trim().to_string());
+        let id = keys::name_index_id(&kv.value);
         if let Some((def, _)) = json::get::<ServiceDef>(&ctx.store, &keys::service(&id)).await? {
             return Ok(def);
         }

@@ -82,7 +82,10 @@ pub async fn register(ctx: &Context, req: NewService) -> Result<Written<ServiceV
         compares: vec![Compare::Absent(keys::service_name(&def.name))],
         success: vec![
             TxnOp::put(keys::service(&def.id), json::encode(&def)?),
-            TxnOp::put(keys::service_name(&def.name), def.id.as_bytes().to_vec()),
+            TxnOp::put(
+                keys::service_name(&def.name),
+                keys::name_index_value(&def.id),
+            ),
         ],
         failure: vec![],
     };
@@ -215,7 +218,7 @@ pub async fn resolve(ctx: &Context, key: &str) -> Result<(ServiceDef, Revision)>
         return Ok(found);
     }
     if let Some(kv) = ctx.store.get(&keys::service_name(key)).await? {
-        let id = String::from_utf8_lossy(&kv.value).into_owned();
+        let id = keys::name_index_id(&kv.value);
         if let Some(found) = json::get::<ServiceDef>(&ctx.store, &keys::service(&id)).await? {
             return Ok(found);
         }

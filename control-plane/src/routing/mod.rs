@@ -83,7 +83,10 @@ pub async fn create(ctx: &Context, req: NewRule) -> Result<Written<Rule>> {
         compares: vec![Compare::Absent(keys::rule_name(&rule.name))],
         success: vec![
             TxnOp::put(keys::rule(&rule.id), json::encode(&rule)?),
-            TxnOp::put(keys::rule_name(&rule.name), rule.id.as_bytes().to_vec()),
+            TxnOp::put(
+                keys::rule_name(&rule.name),
+                keys::name_index_value(&rule.id),
+            ),
         ],
         failure: vec![],
     };
@@ -110,7 +113,7 @@ pub async fn resolve(ctx: &Context, key: &str) -> Result<(Rule, Revision)> {
         return Ok(found);
     }
     if let Some(kv) = ctx.store.get(&keys::rule_name(key)).await? {
-        let id = String::from_utf8_lossy(&kv.value).into_owned();
+        let id = keys::name_index_id(&kv.value);
         if let Some(found) = json::get::<Rule>(&ctx.store, &keys::rule(&id)).await? {
             return Ok(found);
         }
@@ -193,7 +196,7 @@ pub async fn update(ctx: &Context, key: &str, patch: RulePatch) -> Result<Writte
             txn.success.push(TxnOp::delete(keys::rule_name(&old_name)));
             txn.success.push(TxnOp::put(
                 keys::rule_name(&rule.name),
-                rule.id.as_bytes().to_vec(),
+                keys::name_index_value(&rule.id),
             ));
         }
         let resp = ctx.store.txn(txn).await?;
