@@ -40,6 +40,9 @@ pub enum Error {
     /// A server of the local stack (`up`) failed.
     #[error("{0}")]
     Stack(String),
+    /// `health-check` ran and the service failed it (the result is printed as well).
+    #[error("HEALTH_CHECK_FAILED: {service} is unhealthy: {message}")]
+    HealthCheckFailed { service: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -47,7 +50,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Api { .. } | Error::Terminal(_) | Error::Output(_) | Error::Stack(_) => EXIT_API,
+            Error::Api { .. }
+            | Error::Terminal(_)
+            | Error::Output(_)
+            | Error::Stack(_)
+            | Error::HealthCheckFailed { .. } => EXIT_API,
             Error::Unreachable { .. } => EXIT_UNREACHABLE,
             Error::Usage(_) => EXIT_CONFIG,
         }
@@ -59,6 +66,7 @@ impl Error {
             Error::Api { code, .. } => Some(code),
             Error::Unreachable { .. } => Some("UNAVAILABLE"),
             Error::Usage(_) => Some("INVALID_REQUEST"),
+            Error::HealthCheckFailed { .. } => Some("HEALTH_CHECK_FAILED"),
             _ => None,
         }
     }
@@ -110,6 +118,8 @@ impl Error {
                 }
                 e
             }
+            // The check's result is the output already; a second JSON document would break it.
+            Error::HealthCheckFailed { .. } => return None,
             other => {
                 let code = other.code()?;
                 let text = other.to_string();

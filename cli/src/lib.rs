@@ -54,7 +54,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Status => observe::status(&mut c).await?,
         Command::Logs(a) if a.follow => return observe::follow(&mut c, a, format).await,
         Command::Logs(a) => observe::logs(&mut c, a).await?,
-        Command::HealthCheck(a) => observe::health_check(&mut c, a).await?,
+        Command::HealthCheck(a) => {
+            let (rendered, failed) = observe::health_check(&mut c, a).await?;
+            rendered.print(format)?;
+            return failed.map_or(Ok(()), Err);
+        }
         Command::Connections(a) => connections::list(&mut c, a).await?,
         Command::Disconnect(a) => connections::disconnect(&mut c, a).await?,
         Command::Notify(a) => connections::notify(&mut c, a).await?,

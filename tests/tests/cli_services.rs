@@ -162,6 +162,15 @@ fn register_list_show_remove_with_table_and_json_output() {
         );
     }
 
+    // A health check nothing answers (port 9): the result, then HEALTH_CHECK_FAILED, exit 1.
+    let checked = stack
+        .cli(&["--output", "json", "health-check", "ext-agent"])
+        .fails_with("HEALTH_CHECK_FAILED");
+    assert_eq!(checked.code, Some(1), "{checked}");
+    let result = checked.json();
+    assert_eq!(result["status"], "unhealthy", "{result}");
+    assert_eq!(result["service_id"], ext_id.as_str(), "{result}");
+
     // Unknown names: the seed's code, exit 1, nothing on stdout.
     let missing = stack
         .cli(&["show", "no-such-agent"])

@@ -19,7 +19,12 @@ pub async fn status(c: &mut Clients) -> Result<Rendered> {
     Ok(Rendered::new(json::overview(&o), text::overview(&o)))
 }
 
-pub async fn health_check(c: &mut Clients, a: &HealthCheckArgs) -> Result<Rendered> {
+/// `health-check`: the result, and `HEALTH_CHECK_FAILED` to exit with when the service failed
+/// the check (seed §4.2).
+pub async fn health_check(
+    c: &mut Clients,
+    a: &HealthCheckArgs,
+) -> Result<(Rendered, Option<Error>)> {
     if a.history {
         let req = pb::GetHealthHistoryRequest {
             service: a.service.clone(),
@@ -31,9 +36,9 @@ pub async fn health_check(c: &mut Clients, a: &HealthCheckArgs) -> Result<Render
             .await
             .map_err(|s| c.err(s))?
             .into_inner();
-        return Ok(Rendered::new(
-            json::health_history(&h),
-            text::health_history(&h),
+        return Ok((
+            Rendered::new(json::health_history(&h), text::health_history(&h)),
+            None,
         ));
     }
     let req = pb::CheckHealthRequest {
@@ -45,9 +50,13 @@ pub async fn health_check(c: &mut Clients, a: &HealthCheckArgs) -> Result<Render
         .await
         .map_err(|s| c.err(s))?
         .into_inner();
-    Ok(Rendered::new(
-        json::health_status(&h),
-        text::health_status(&h),
+    let failed = (h.status == "unhealthy").then(|| Error::HealthCheckFailed {
+        service: a.service.clone(),
+        message: h.message.clone(),
+    });
+    Ok((
+        Rendered::new(json::health_status(&h), text::health_status(&h)),
+        failed,
     ))
 }
 
