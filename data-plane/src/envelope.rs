@@ -78,37 +78,30 @@ fn write_json_string(buf: &mut BytesMut, s: &str) {
 }
 
 thread_local! {
-    /// (unix second, "YYYY-MM-DDTHH:MM:SS") — formatting a date costs more than relaying a
+    /// (unix second, "YYYY-MM-DDTHH:MM:SSZ") — formatting a date costs more than relaying a
     /// small frame, so it happens once per second per thread.
-    static SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+    static SECOND: RefCell<(u64, [u8; 20])> = const { RefCell::new((u64::MAX, [0; 20])) };
 }
 
-/// Appends an RFC 3339 UTC timestamp with milliseconds, e.g. `2024-01-01T10:30:00.123Z`.
+/// Appends the current time as RFC 3339 UTC in whole seconds, the seed's format
+/// (`2024-01-01T10:30:00Z`, as every other timestamp the system writes).
 pub fn write_timestamp(buf: &mut BytesMut) {
-    let now = SystemTime::now()
+    let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs();
-    let ms = now.subsec_millis();
+        .unwrap_or_default()
+        .as_secs();
     SECOND.with(|c| {
         let mut c = c.borrow_mut();
         if c.0 != secs {
             let dt = chrono::DateTime::from_timestamp(secs as i64, 0).unwrap_or_default();
-            let s = dt.format("%Y-%m-%dT%H:%M:%S").to_string();
-            let mut arr = [0u8; 19];
-            let n = s.len().min(19);
+            let s = dt.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+            let mut arr = [0u8; 20];
+            let n = s.len().min(20);
             arr[..n].copy_from_slice(&s.as_bytes()[..n]);
             *c = (secs, arr);
         }
         buf.put_slice(&c.1);
     });
-    buf.put_slice(&[
-        b'.',
-        b'0' + (ms / 100) as u8,
-        b'0' + (ms / 10 % 10) as u8,
-        b'0' + (ms % 10) as u8,
-        b'Z',
-    ]);
 }
 
 #[cfg(test)]
@@ -137,7 +130,9 @@ mod tests {
         assert_eq!(v["proxy_metadata"]["session_id"], "s1");
         let ts = v["proxy_metadata"]["timestamp"].as_str().unwrap();
         assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok(), "{ts}");
-        assert!(ts.ends_with('Z'));
+        // The seed's format exactly: `2024-01-01T10:30:00Z`.
+        assert_eq!(ts.len(), 20, "{ts}");
+        assert!(ts.ends_with('Z') && !ts.contains('.'), "{ts}");
     }
 
     #[test]
