@@ -105,6 +105,25 @@ async fn hello_gets_full_snapshot_then_deltas_and_acks_land_in_node_record() {
     cp.stop().await;
 }
 
+/// A proxy gets the cluster's load right after its first config: capacity checks must not
+/// wait for the next change (unchanged load is re-sent only every ten load intervals).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_proxy_gets_the_load_with_its_first_config() {
+    let (store, _dir) = embedded_store().await;
+    put_running_service(&store, &service("svc-a", "alpha", 9001)).await;
+    let cfg = HubConfig {
+        load_interval: Duration::from_secs(60),
+        ..fast_config()
+    };
+    let cp = Replica::start(store.clone(), cfg, true).await;
+    let mut p = FakeProxy::connect(&cp.url(), "p1", 0).await;
+    let full = p.next_config().await;
+    p.ack(&full).await;
+    // Within the helper's wait (10 s), far less than the 60 s load interval.
+    p.load_until(|_| true).await;
+    cp.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nack_is_never_applied_and_shows_in_sync_status() {
     let (store, _dir) = embedded_store().await;

@@ -23,9 +23,9 @@ pub const DEFAULT_LIMIT: usize = 100;
 pub const MAX_LIMIT: usize = 10_000;
 pub const DEFAULT_SEARCH_LIMIT: usize = 50;
 /// Follow: live entries buffered per stream before the slow reader is told it lagged.
+const FOLLOW_BUFFER: usize = 256;
 /// How often a follow checks that its service still exists.
 const FOLLOW_EXISTS_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
-const FOLLOW_BUFFER: usize = 256;
 
 pub struct LogsService {
     ctx: Context,

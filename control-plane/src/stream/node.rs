@@ -245,6 +245,8 @@ async fn drive(hub: Hub, node: Arc<LocalNode>, mut inbound: Streaming<pb::ProxyM
     let mut alive = push_config(&hub, &node, true).await;
     if alive {
         send_sessions_snapshot(&hub, &node).await;
+        // The cluster's load at once: capacity checks must not wait for the next change.
+        node.try_send(load_message(current_load(&hub)));
     }
     while alive {
         tokio::select! {
@@ -616,20 +618,7 @@ pub(crate) async fn run_load_updates(hub: Hub) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let mut services: Vec<pb::ServiceLoad> = hub
-            .inner
-            .mirror()
-            .load
-            .iter()
-            .filter(|(_, l)| l.active_connections > 0 || l.active_sessions > 0)
-            .map(|(id, l)| pb::ServiceLoad {
-                service_id: id.clone(),
-                active_connections: l.active_connections,
-                active_sessions: l.active_sessions,
-            })
-            .collect();
-        services.sort_by(|a, b| a.service_id.cmp(&b.service_id));
-        let update = pb::LoadUpdate { services };
+        let update = current_load(&hub);
         // Unchanged load is re-sent only every ~10 ticks, as a refresher.
         let skip = matches!(&last, Some((prev, n)) if *prev == update && *n < 10);
         if skip {
@@ -638,13 +627,35 @@ pub(crate) async fn run_load_updates(hub: Hub) {
             }
             continue;
         }
-        let msg = pb::ControlMessage {
-            kind: Some(pb::control_message::Kind::Load(update.clone())),
-        };
+        let msg = load_message(update.clone());
         for node in hub.inner.local_nodes() {
             node.try_send(msg.clone());
         }
         last = Some((update, 0));
+    }
+}
+
+/// Cluster-wide active connections and sessions per service (absent = no load).
+fn current_load(hub: &Hub) -> pb::LoadUpdate {
+    let mut services: Vec<pb::ServiceLoad> = hub
+        .inner
+        .mirror()
+        .load
+        .iter()
+        .filter(|(_, l)| l.active_connections > 0 || l.active_sessions > 0)
+        .map(|(id, l)| pb::ServiceLoad {
+            service_id: id.clone(),
+            active_connections: l.active_connections,
+            active_sessions: l.active_sessions,
+        })
+        .collect();
+    services.sort_by(|a, b| a.service_id.cmp(&b.service_id));
+    pb::LoadUpdate { services }
+}
+
+fn load_message(update: pb::LoadUpdate) -> pb::ControlMessage {
+    pb::ControlMessage {
+        kind: Some(pb::control_message::Kind::Load(update)),
     }
 }
 
