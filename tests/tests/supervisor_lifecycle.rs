@@ -80,6 +80,33 @@ async fn concurrent_starts_both_answer_when_running() {
     fx.shutdown().await;
 }
 
+/// A start while a restart is under way does not cancel it: the restart still happens, and
+/// both calls answer with a running service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_during_a_restart_leaves_it_be() {
+    let fx = Fixture::start().await;
+    let port = agent_port();
+    let def = fx
+        .register("restarted", Some(echo_agent()), port, |c| {
+            c.env = env(&[("ECHO_STARTUP_DELAY", "1")]);
+        })
+        .await;
+    let old = lifecycle::start(&fx.ctx, &def).await.expect("start").pid;
+    let restart = tokio::spawn({
+        let (ctx, def) = (fx.ctx.clone(), def.clone());
+        async move { lifecycle::restart(&ctx, &def, None, String::new()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let started = lifecycle::start(&fx.ctx, &def)
+        .await
+        .expect("start during restart");
+    let restarted = restart.await.unwrap().expect("restart");
+    assert_eq!(started.status, ServiceStatus::Running);
+    assert_eq!(restarted.status, ServiceStatus::Running);
+    assert_ne!(restarted.pid, old, "the restart happened");
+    fx.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_at_once_is_service_start_failed_with_stderr() {
     let fx = Fixture::start().await;
