@@ -209,7 +209,28 @@ async fn restart_with_grace_notifies_clients_then_restarts() {
         "a new process: {old_pid} → {new_pid}"
     );
 
-    // And clients reach the restarted agent through the proxy.
+    // The client connected through the restart stays connected: its session moves to the
+    // restarted agent (the service had no other instance to switch to), and it talks on.
+    let switched = next_event(&mut ws, "service_switched", Duration::from_secs(20)).await;
+    assert_eq!(switched["data"]["from_service"], "grace-echo", "{switched}");
+    assert_eq!(switched["data"]["to_service"], "grace-echo", "{switched}");
+    assert_eq!(
+        switched["data"]["reason"], "service_restarting",
+        "{switched}"
+    );
+    assert_eq!(switched["data"]["session_preserved"], true, "{switched}");
+    send_text(&mut ws, r#"{"hello":"through the restart"}"#).await;
+    let echo = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("echo in time")
+        .unwrap()
+        .unwrap();
+    assert!(
+        echo.to_text().unwrap().contains("through the restart"),
+        "{echo:?}"
+    );
+
+    // And new clients reach the restarted agent through the proxy.
     let (mut again, _) = routed_eventually(proxy.ws_url("service=grace-echo")).await;
     send_text(&mut again, r#"{"hello":"after"}"#).await;
     let echo = tokio::time::timeout(Duration::from_secs(5), again.next())

@@ -34,6 +34,9 @@ type SwitchFuture = Pin<Box<dyn Future<Output = Result<(Decision, Upstream), Rou
 
 /// How long closing handshakes may take once we decided to end the connection.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// How long a connection whose service restarts waits for it to come back, when no other
+/// service can take the session meanwhile (client frames are held, bounded, as in any switch).
+const RESTART_WAIT: Duration = Duration::from_secs(30);
 
 enum Phase {
     Relay,
@@ -862,24 +865,48 @@ where
         }
         self.to_up
             .retain(|m| matches!(m, Message::Text(_) | Message::Binary(_) | Message::Ping(_)));
-        self.exclude.push(self.service.id.clone());
+        // A planned restart brings the same service back: it stays a candidate, and with no
+        // other one the switch waits (bounded) for it, so the session goes on with the
+        // restarted agent instead of ending.
+        let restarting = reason == "service_restarting";
+        if !restarting {
+            self.exclude.push(self.service.id.clone());
+        }
+        let deadline = Instant::now()
+            + if restarting {
+                RESTART_WAIT
+            } else {
+                Duration::ZERO
+            };
         let shared = self.shared.clone();
         let req = self.acc.req.clone();
         let session_id = self.session_id.clone();
         let connection_id = self.acc.connection_id.clone();
         let client_ip = self.acc.client_ip;
-        let mut exclude = self.exclude.clone();
+        let exclude = self.exclude.clone();
         let fut: SwitchFuture = Box::pin(async move {
-            route_and_connect(
-                &shared,
-                &req,
-                None,
-                &session_id,
-                &connection_id,
-                client_ip,
-                &mut exclude,
-            )
-            .await
+            let mut config = shared.config.clone();
+            loop {
+                let mut tried = exclude.clone();
+                let routed = route_and_connect(
+                    &shared,
+                    &req,
+                    None,
+                    &session_id,
+                    &connection_id,
+                    client_ip,
+                    &mut tried,
+                )
+                .await;
+                match routed {
+                    Err(RouteError::RoutingFailed(_)) if Instant::now() < deadline => {
+                        // The next config (the service back, or another one), or a look again.
+                        let _ = crate::timer::timeout(Duration::from_millis(500), config.changed())
+                            .await;
+                    }
+                    other => return other,
+                }
+            }
         });
         self.phase = Phase::Switching {
             fut,
