@@ -639,4 +639,42 @@ async fn openapi_lists_every_path() {
     ] {
         assert!(schemas.contains_key(s), "schema {s} missing");
     }
+
+    // OpenAPI requires unique operation ids (validators and code generators reject the
+    // document otherwise), and every operation lists the errors the gateway can answer.
+    let mut ids = std::collections::HashSet::new();
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_default();
+            assert!(
+                ids.insert(id.to_string()),
+                "{method} {path}: operationId {id} repeated"
+            );
+            let responses = op["responses"].as_object().unwrap();
+            for status in ["400", "401", "500", "503"] {
+                assert!(
+                    responses.contains_key(status),
+                    "{method} {path} lacks {status}"
+                );
+            }
+            if path.contains("{id}") {
+                assert!(responses.contains_key("404"), "{method} {path} lacks 404");
+            }
+        }
+    }
+    for (path, name) in [
+        ("/api/v1/stats/timeseries", "metric"),
+        ("/api/v1/logs/search", "query"),
+    ] {
+        let params = paths[path]["get"]["parameters"].as_array().unwrap();
+        let p = params.iter().find(|p| p["name"] == name).unwrap();
+        assert_eq!(p["required"], true, "{path} {name}");
+    }
+    for path in ["/api/v1/stats/timeseries", "/api/v1/logs/search"] {
+        let responses = paths[path]["get"]["responses"].as_object().unwrap();
+        assert!(
+            responses.contains_key("404"),
+            "{path}: an unknown service_id is 404"
+        );
+    }
 }

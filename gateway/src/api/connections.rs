@@ -12,7 +12,7 @@ use crate::upstream::{Auth, Upstream};
 type ApiResult<T> = Result<T, ApiError>;
 
 /// Cluster-wide connection view.
-#[utoipa::path(get, path = "/api/v1/connections", tag = "connections",
+#[utoipa::path(get, path = "/api/v1/connections", tag = "connections", operation_id = "list_connections",
     params(ListConnectionsQuery),
     responses((status = 200, body = ConnectionList), (status = 400, body = ErrorBody),
         (status = 404, body = ErrorBody)))]

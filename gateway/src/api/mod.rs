@@ -141,6 +141,7 @@ fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
         monitoring::history, monitoring::logs, monitoring::search,
     ),
     components(schemas(ErrorBody)),
+    modifiers(&CommonErrors),
     tags(
         (name = "services", description = "Service registry and lifecycle (seed §1.1)"),
         (name = "connections", description = "Connections and notifications (seed §1.2)"),
@@ -151,6 +152,75 @@ fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
     )
 )]
 pub struct ApiDoc;
+
+/// The error answers every operation can give besides its own (DESIGN §7), so a client
+/// checking statuses against the document finds each: 400 (a bad query, body or
+/// `wait_for_sync`), 401 (tokens required), 404 (an id or `service_id` that names nothing),
+/// 413 (a body over the limit), 500 and 503 (store or control plane unavailable).
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in doc.paths.paths.iter_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let names_something = path.contains("{id}")
+                    || op
+                        .parameters
+                        .iter()
+                        .flatten()
+                        .any(|p| p.name == "service_id");
+                let mut add = |status: &str, description: &str| {
+                    op.responses
+                        .responses
+                        .entry(status.to_string())
+                        .or_insert_with(|| error(description).into());
+                };
+                add(
+                    "400",
+                    "INVALID_REQUEST: a bad parameter or body (`details.field` names it)",
+                );
+                add(
+                    "401",
+                    "UNAUTHORIZED: the control plane requires a bearer token",
+                );
+                if names_something {
+                    add(
+                        "404",
+                        "The named service, rule or connection does not exist",
+                    );
+                }
+                if op.request_body.is_some() {
+                    add("413", "INVALID_REQUEST: the body is over the size limit");
+                }
+                add("500", "INTERNAL or SERVICE_START_FAILED");
+                add(
+                    "503",
+                    "STORE_UNAVAILABLE (or the operation's own 503 codes)",
+                );
+            }
+        }
+    }
+}
 
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())

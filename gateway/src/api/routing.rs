@@ -42,7 +42,7 @@ pub async fn create(
 }
 
 /// List routing rules, highest priority first.
-#[utoipa::path(get, path = "/api/v1/routing/rules", tag = "routing", params(ListRulesQuery),
+#[utoipa::path(get, path = "/api/v1/routing/rules", tag = "routing", operation_id = "list_rules", params(ListRulesQuery),
     responses((status = 200, body = RuleList), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(up): State<Upstream>,
@@ -59,7 +59,7 @@ pub async fn list(
 }
 
 /// One routing rule.
-#[utoipa::path(get, path = "/api/v1/routing/rules/{id}", tag = "routing",
+#[utoipa::path(get, path = "/api/v1/routing/rules/{id}", tag = "routing", operation_id = "get_rule",
     params(("id" = String, Path, description = "Rule id or name")),
     responses((status = 200, body = RuleView), (status = 404, body = ErrorBody)))]
 pub async fn get(
@@ -103,7 +103,7 @@ pub async fn update(
 }
 
 /// Delete a routing rule.
-#[utoipa::path(delete, path = "/api/v1/routing/rules/{id}", tag = "routing",
+#[utoipa::path(delete, path = "/api/v1/routing/rules/{id}", tag = "routing", operation_id = "delete_rule",
     params(("id" = String, Path, description = "Rule id or name"), WriteQuery),
     responses((status = 200, body = DeleteResponse), (status = 404, body = ErrorBody)))]
 pub async fn delete(

@@ -35,7 +35,7 @@ pub async fn register(
 }
 
 /// List services, filtered by tag and status, paged.
-#[utoipa::path(get, path = "/api/v1/services", tag = "services", params(ListServicesQuery),
+#[utoipa::path(get, path = "/api/v1/services", tag = "services", operation_id = "list_services", params(ListServicesQuery),
     responses((status = 200, body = ServiceList), (status = 400, body = ErrorBody)))]
 pub async fn list(
     State(up): State<Upstream>,
@@ -57,7 +57,7 @@ pub async fn list(
 }
 
 /// One service with config, stats, health, runtime and proxy sync state.
-#[utoipa::path(get, path = "/api/v1/services/{id}", tag = "services",
+#[utoipa::path(get, path = "/api/v1/services/{id}", tag = "services", operation_id = "get_service",
     params(("id" = String, Path, description = "Service id or name")),
     responses((status = 200, body = ServiceDetail), (status = 404, body = ErrorBody)))]
 pub async fn get(
@@ -102,7 +102,7 @@ pub async fn update_config(
 }
 
 /// Delete a service (stops it first when running).
-#[utoipa::path(delete, path = "/api/v1/services/{id}", tag = "services",
+#[utoipa::path(delete, path = "/api/v1/services/{id}", tag = "services", operation_id = "delete_service",
     params(("id" = String, Path, description = "Service id or name"), WriteQuery),
     responses((status = 200, body = DeleteResponse), (status = 404, body = ErrorBody)))]
 pub async fn delete(
@@ -178,7 +178,8 @@ pub async fn stop(
 #[utoipa::path(post, path = "/api/v1/services/{id}/restart", tag = "services",
     params(("id" = String, Path, description = "Service id or name"), WriteQuery),
     request_body(content = Option<RestartBody>, description = "Optional"),
-    responses((status = 200, body = LifecycleResponse), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = LifecycleResponse), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn restart(
     State(up): State<Upstream>,
     auth: Auth,

@@ -92,6 +92,7 @@ impl From<pb::Overview> for Overview {
 #[into_params(parameter_in = Query)]
 pub struct TimeseriesQuery {
     /// connections | sessions | messages | errors | response_time_ms | memory_mb | cpu_percent
+    #[param(required = true)]
     pub metric: Option<String>,
     /// e.g. 15m, 1h (default), 24h, 7d
     pub period: Option<String>,
@@ -222,6 +223,8 @@ pub struct LogsQuery {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct LogSearchQuery {
+    /// Text to find (required).
+    #[param(required = true)]
     pub query: Option<String>,
     /// Service id or name.
     pub service_id: Option<String>,
