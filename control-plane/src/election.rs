@@ -1,16 +1,19 @@
 //! Leader election over the store: a lease-backed `election/leader` key.
 //!
 //! A replica campaigns by creating the key (compare `Absent`) under a fresh lease of `ttl`; the
-//! winner keeps the lease alive every `ttl / 3` and watches the key. Leadership ends at once —
+//! winner keeps the lease alive every `ttl / 5` and watches the key. Leadership ends at once —
 //! the `watch::Receiver<bool>` flips to `false` before anything else happens — when a keepalive
-//! fails, or the key disappears or changes owner. Stepping down on the first failed keepalive
-//! keeps two leaders from overlapping: the old one gives up no later than its lease could expire
-//! on the server. Non-leaders watch the key and campaign as soon as it is deleted or expires.
+//! is refused (the lease is gone), the key disappears or changes owner, or the store has not
+//! answered for almost the lease's lifetime. The old leader gives up before its lease could
+//! expire on the server, so two leaders never overlap, and a store that is briefly away (an
+//! etcd restart or leader election) does not end the term. Non-leaders watch the key and campaign as soon as it is deleted or expires.
 //! On shutdown the leader revokes its lease, so a successor takes over immediately instead of
 //! after the TTL.
 
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -24,6 +27,14 @@ use crate::store::{json, Compare, LeaseId, Revision, StoreRef, Txn, TxnOp, Watch
 
 /// Default leader lease TTL.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(5);
+/// Keepalive retries while the store does not answer.
+const STORE_RETRY: Duration = Duration::from_millis(250);
+
+/// How long before the lease could expire on the server a leader that cannot reach the store
+/// steps down: a fifth of the TTL (clock rate differences, the flip reaching the loops).
+fn expiry_margin(ttl: Duration) -> Duration {
+    ttl / 5
+}
 /// Pause after a store error before campaigning again.
 const RETRY: Duration = Duration::from_millis(500);
 
@@ -96,7 +107,9 @@ struct Elector {
 
 /// Outcome of one campaign.
 enum Campaign {
-    Won(LeaseId, Revision),
+    /// The lease, the revision of the win, and when the lease was asked for (it cannot expire
+    /// on the server before that plus the TTL).
+    Won(LeaseId, Revision, Instant),
     /// Someone else leads; watch the key from the revision after this one.
     Lost(Revision),
 }
@@ -106,10 +119,10 @@ impl Elector {
         tracing::info!(replica = %self.replica_id, url = %self.url, ttl = ?self.ttl, "election started");
         while !self.shutdown.is_cancelled() {
             match self.campaign().await {
-                Ok(Campaign::Won(lease, revision)) => {
+                Ok(Campaign::Won(lease, revision, granted)) => {
                     tracing::info!(replica = %self.replica_id, lease, "became leader");
                     self.is_leader.send_replace(true);
-                    self.lead(lease, revision).await;
+                    self.lead(lease, revision, granted).await;
                     self.is_leader.send_replace(false);
                 }
                 Ok(Campaign::Lost(revision)) => self.follow(revision).await,
@@ -131,6 +144,7 @@ impl Elector {
     }
 
     async fn campaign(&self) -> Result<Campaign> {
+        let asked = Instant::now();
         let lease = self.store.grant_lease(self.ttl).await?;
         let record = json::encode(&LeaderRecord {
             replica_id: self.replica_id.to_string(),
@@ -147,7 +161,7 @@ impl Elector {
             failure: vec![],
         };
         match self.store.txn(txn).await {
-            Ok(t) if t.succeeded => Ok(Campaign::Won(lease, t.revision)),
+            Ok(t) if t.succeeded => Ok(Campaign::Won(lease, t.revision, asked)),
             Ok(t) => {
                 self.revoke(lease).await;
                 Ok(Campaign::Lost(t.revision))
@@ -175,11 +189,22 @@ impl Elector {
     }
 
     /// Holds leadership until it is lost or shutdown; always gives the lease up on the way out.
-    async fn lead(&self, lease: LeaseId, won_at: Revision) {
-        let mut tick = tokio::time::interval(self.ttl / 3);
+    ///
+    /// A store that does not answer (an etcd restart, an etcd leader election) is not a lost
+    /// lease: the lease cannot expire on the server before its last successful keepalive was
+    /// sent plus the TTL, so leadership holds, retrying every [`STORE_RETRY`], until shortly
+    /// before that ([`expiry_margin`]). Stepping down then still keeps two leaders from
+    /// overlapping; a short outage no longer ends the term and its agent processes.
+    async fn lead(&self, lease: LeaseId, won_at: Revision, granted: Instant) {
+        // Kept alive five times per TTL: the more recent the last keepalive, the longer an
+        // outage the lease outlives.
+        let mut tick = tokio::time::interval(self.ttl / 5);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         let mut changes = self.store.watch(ELECTION_LEADER, won_at + 1).await.ok();
+        let mut last_ok = granted;
+        let step_down_at = |last_ok: Instant| last_ok + self.ttl - expiry_margin(self.ttl);
+        let mut troubled = false;
         let reason = loop {
             let next_change = async {
                 match changes.as_mut() {
@@ -190,25 +215,46 @@ impl Elector {
             tokio::select! {
                 _ = self.shutdown.cancelled() => break "shutdown",
                 _ = tick.tick() => {
-                    // Bounded by a third of the TTL, so a slow store cannot keep a stale leader.
-                    let alive = tokio::time::timeout(self.ttl / 3, self.store.keep_alive(lease)).await;
-                    match alive {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::warn!(replica = %self.replica_id, error = %e, "leader keepalive failed");
-                            break "keepalive failed";
+                    let sent = Instant::now();
+                    // Bounded so that an answer, or its absence, comes before the step-down time.
+                    let room = step_down_at(last_ok).saturating_duration_since(sent);
+                    let alive =
+                        tokio::time::timeout((self.ttl / 5).min(room), self.store.keep_alive(lease)).await;
+                    let unanswered = match alive {
+                        Ok(Ok(())) => {
+                            if troubled {
+                                tracing::info!(replica = %self.replica_id, "the store answers again; still leading");
+                                troubled = false;
+                            }
+                            last_ok = sent;
+                            false
                         }
-                        Err(_) => break "keepalive timed out",
-                    }
-                    if changes.is_none() {
+                        Ok(Err(Error::StoreUnavailable(e))) => {
+                            tracing::warn!(replica = %self.replica_id, error = %e, "leader keepalive failed; retrying while the lease holds");
+                            true
+                        }
+                        Err(_) => true,
+                        Ok(Err(e)) => {
+                            tracing::warn!(replica = %self.replica_id, error = %e, "leader keepalive refused");
+                            break "keepalive refused";
+                        }
+                    };
+                    if !unanswered && changes.is_none() {
                         // The key watch broke earlier: re-check by reading, then re-watch.
                         match self.still_mine(lease).await {
                             Ok(true) => {
                                 changes = self.store.watch(ELECTION_LEADER, 0).await.ok();
                             }
                             Ok(false) => break "leader key lost",
-                            Err(_) => break "store unavailable",
+                            Err(_) => {}
                         }
+                    }
+                    if unanswered {
+                        if Instant::now() + STORE_RETRY >= step_down_at(last_ok) {
+                            break "store unavailable for the lease's lifetime";
+                        }
+                        troubled = true;
+                        tick.reset_after(STORE_RETRY);
                     }
                 }
                 change = next_change => match change {

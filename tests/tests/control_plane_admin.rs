@@ -154,3 +154,84 @@ async fn readyz_and_errors_follow_etcd_outages() {
     assert_eq!(list.services[0].name, "before-outage");
     cp.shutdown().await;
 }
+
+/// A short etcd outage (a restart, an etcd leader election) does not end the leader's term: its agent processes keep
+/// running. The leader used to step down at the first failed keepalive and stop every agent,
+/// dropping every client on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_etcd_outage_keeps_the_leader_and_its_agents() {
+    let etcd = Etcd::start();
+    let cp = control_plane()
+        .etcd(&etcd, &unique_prefix("blip"))
+        .spawn()
+        .await;
+    let mut registry = cp.registry().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let agent = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/agents/echo_agent.py")
+        .canonicalize()
+        .unwrap();
+    registry
+        .register_service(pb::RegisterServiceRequest {
+            name: "through-the-blip".into(),
+            agent_factory_path: agent.display().to_string(),
+            host: "127.0.0.1".into(),
+            port: u32::from(port),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let started = registry
+        .start_service(pb::StartServiceRequest {
+            service: "through-the-blip".into(),
+            wait_for_sync: 0.0,
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    assert_eq!(started.status, "running", "{started:?}");
+    let service = || pb::GetServiceRequest {
+        service: "through-the-blip".into(),
+    };
+    let pid = registry
+        .get_service(service())
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime
+        .map(|r| r.pid)
+        .unwrap_or_default();
+    assert!(pid > 0);
+
+    // etcd does not answer for 2 s (longer than a keepalive period), then does again.
+    etcd.pause();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    etcd.resume();
+
+    // Answers again, the same process still runs, and it was never stopped.
+    let back = Instant::now();
+    while registry.get_service(service()).await.is_err() {
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "the control plane answers after the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = registry.get_service(service()).await.unwrap().into_inner();
+    assert_eq!(after.status, "running", "{after:?}");
+    assert_eq!(
+        after.runtime.as_ref().map(|r| r.pid),
+        Some(pid),
+        "the agent was not restarted: {after:?}"
+    );
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(),
+        "process {pid} still alive"
+    );
+    cp.shutdown().await;
+}
