@@ -8,6 +8,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderValue};
 use myagent_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
+use tonic::transport::channel::Change;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::Cli;
@@ -59,8 +60,17 @@ impl Upstream {
                 ))
             }
             1 => endpoints.remove(0).connect_lazy(),
-            // p2c balancing over the replicas; a replica whose connection fails is skipped.
-            _ => Channel::balance_list(endpoints.into_iter()),
+            // p2c balancing over the replicas. A replica that does not take connections is
+            // taken out until it does: tonic's balancer keeps sending calls to a dead endpoint,
+            // so every other call failed while one replica was down.
+            _ => {
+                let (channel, tx) = Channel::balance_channel(endpoints.len() * 4);
+                for (i, ep) in endpoints.iter().enumerate() {
+                    let _ = tx.try_send(Change::Insert(i, ep.clone()));
+                }
+                tokio::spawn(eject_dead_replicas(endpoints, tx));
+                channel
+            }
         };
         Ok(Upstream {
             channel,
@@ -97,6 +107,54 @@ impl Upstream {
         req.set_timeout(self.timeout + Duration::from_secs_f64(wait_for_sync.max(0.0)));
         req
     }
+}
+
+/// How often the replicas' listeners are probed, and how long a probe may take.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Keeps the balancer to the replicas that accept connections (always at least one, so calls
+/// fail fast rather than wait for a replica). Ends with the channel.
+async fn eject_dead_replicas(
+    endpoints: Vec<Endpoint>,
+    tx: tokio::sync::mpsc::Sender<Change<usize, Endpoint>>,
+) {
+    let mut live = vec![true; endpoints.len()];
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        for (i, ep) in endpoints.iter().enumerate() {
+            let up = accepts_connections(ep.uri()).await;
+            let others_live = live.iter().enumerate().any(|(j, l)| j != i && *l);
+            let change = match (live[i], up) {
+                (false, true) => Change::Insert(i, ep.clone()),
+                (true, false) if others_live => Change::Remove(i),
+                _ => continue,
+            };
+            tracing::info!(control_plane = %ep.uri(), up, "control-plane replica {}", if up { "back in the balancer" } else { "unreachable: out of the balancer" });
+            if tx.send(change).await.is_err() {
+                return;
+            }
+            live[i] = up;
+        }
+    }
+}
+
+async fn accepts_connections(uri: &http::Uri) -> bool {
+    let Some(host) = uri.host() else {
+        return true;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await,
+        Ok(Ok(_))
+    )
 }
 
 fn client_tls(cli: &Cli) -> Result<Option<ClientTlsConfig>> {

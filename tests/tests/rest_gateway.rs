@@ -125,3 +125,38 @@ async fn openapi_document_is_valid_json_with_every_path() {
         assert!(paths.contains_key(p), "{p} missing from openapi.json");
     }
 }
+
+/// Two control-plane replicas behind one gateway: once one dies, calls stop going to it within
+/// a couple of seconds (about every other call answered 503 for as long as it was down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replica_leaves_the_balancer() {
+    let etcd = Etcd::shared();
+    let prefix = myagent_tests::control_plane::unique_prefix("gw-failover");
+    let a = control_plane().etcd(&etcd, &prefix).spawn().await;
+    let b = control_plane().etcd(&etcd, &prefix).spawn().await;
+    let gw = gateway()
+        .control_plane(a.grpc_url())
+        .control_plane(b.grpc_url())
+        .spawn()
+        .await;
+    let c = client();
+    for _ in 0..10 {
+        let (s, b) = json(c.get(gw.api("/services"))).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    b.shutdown().await;
+    // Out of the balancer within the probe period (1 s) and a little; then every call works.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut failed = Vec::new();
+    for i in 0..30 {
+        let (s, b) = json(c.get(gw.api("/services"))).await;
+        if s != 200 {
+            failed.push((i, s, b));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "calls failed with one replica down: {failed:?}"
+    );
+    a.shutdown().await;
+}
