@@ -118,6 +118,16 @@ pub struct Cli {
     #[arg(long, env = "MYAGENT_MAX_MESSAGE_BYTES", default_value_t = 4 << 20, help_heading = "Limits")]
     pub max_message_bytes: usize,
 
+    /// Largest frame payload accepted from an agent (bytes). Agents' frames are relayed as they
+    /// are and may be larger than the client messages they answer (the envelope alone adds
+    /// some 250 bytes); larger → the connection ends with close 1011, without failover.
+    #[arg(long, env = "MYAGENT_MAX_AGENT_FRAME_BYTES", default_value_t = 16 << 20, help_heading = "Limits")]
+    pub max_agent_frame_bytes: usize,
+
+    /// Largest (reassembled) message accepted from an agent (bytes).
+    #[arg(long, env = "MYAGENT_MAX_AGENT_MESSAGE_BYTES", default_value_t = 16 << 20, help_heading = "Limits")]
+    pub max_agent_message_bytes: usize,
+
     /// Client frames held per connection while an upstream switch is under way.
     #[arg(
         long,

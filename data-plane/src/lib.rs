@@ -126,9 +126,16 @@ pub async fn bind(cli: Cli) -> Result<Bound> {
             "--control-plane: at least one URL is required".into(),
         ));
     }
-    if cli.max_frame_bytes == 0 || cli.max_message_bytes == 0 || cli.max_connections == 0 {
+    if cli.max_frame_bytes == 0
+        || cli.max_message_bytes == 0
+        || cli.max_agent_frame_bytes == 0
+        || cli.max_agent_message_bytes == 0
+        || cli.max_connections == 0
+    {
         return Err(Error::InvalidConfig(
-            "--max-frame-bytes, --max-message-bytes and --max-connections must be > 0".into(),
+            "--max-frame-bytes, --max-message-bytes, --max-agent-frame-bytes, \
+             --max-agent-message-bytes and --max-connections must be > 0"
+                .into(),
         ));
     }
     if cli.report_interval < Duration::from_millis(10) {
@@ -177,6 +184,8 @@ pub async fn bind(cli: Cli) -> Result<Bound> {
         node_id,
         max_frame_bytes: cli.max_frame_bytes,
         max_message_bytes: cli.max_message_bytes,
+        max_agent_frame_bytes: cli.max_agent_frame_bytes,
+        max_agent_message_bytes: cli.max_agent_message_bytes,
         client_buffer_frames: cli.client_buffer_frames,
         client_buffer_bytes: cli.client_buffer_bytes,
         max_connections: cli.max_connections,

@@ -25,6 +25,8 @@ pub struct Settings {
     pub node_id: String,
     pub max_frame_bytes: usize,
     pub max_message_bytes: usize,
+    pub max_agent_frame_bytes: usize,
+    pub max_agent_message_bytes: usize,
     pub client_buffer_frames: usize,
     pub client_buffer_bytes: usize,
     pub max_connections: usize,

@@ -46,6 +46,50 @@ async fn oversized_frame_closes_1009_and_others_continue() {
     }
 }
 
+/// The client limits are the client's: an agent's answer may be larger than the message it
+/// answers (here the envelope makes the echo of an 800-byte message about 1,050 bytes) and is
+/// relayed. An agent frame over the agent limits ends the connection once, with an error
+/// event, instead of failing over to another agent with the same message again and again.
+#[tokio::test]
+async fn agent_frames_have_their_own_limit_and_never_loop_failovers() {
+    let a = echo_agent().spawn().await;
+    let b = echo_agent().spawn().await;
+    let cp = FakeControlPlane::spawn().await;
+    let proxy = spawn_proxy(&[cp.url()], |c| c.max_frame_bytes = 1000).await;
+    let strict = spawn_proxy(&[cp.url()], |c| {
+        c.max_frame_bytes = 1000;
+        c.max_agent_frame_bytes = 900;
+    })
+    .await;
+    cp.push(full(
+        1,
+        vec![
+            service("id-a", "a", a.addr, &["t"]),
+            service("id-b", "b", b.addr, &["t"]),
+        ],
+        vec![],
+    ));
+    proxy.wait_version(1).await;
+    strict.wait_version(1).await;
+    let text = format!("{{\"d\":\"{}\"}}", "x".repeat(790));
+    assert!(text.len() < 1000);
+
+    let (mut ws, _) = connect_routed(&proxy.ws_url("tag=t")).await;
+    ws.send(Message::Text(text.clone().into())).await.unwrap();
+    let echo = next_msg(&mut ws).await;
+    let echo = echo.to_text().unwrap();
+    assert!(echo.len() > 1000 && echo.contains(&text), "{echo}");
+
+    let (mut ws, _) = connect_routed(&strict.ws_url("tag=t")).await;
+    ws.send(Message::Text(text.into())).await.unwrap();
+    let (code, _, events) = read_until_close(&mut ws).await;
+    assert_eq!(code, 1011);
+    assert_eq!(events.len(), 1, "one error event, no switches: {events:?}");
+    assert_eq!(events[0]["event"], "error", "{events:?}");
+    assert_eq!(events[0]["data"]["code"], "ROUTING_FAILED", "{events:?}");
+    assert_eq!(events[0]["data"]["recoverable"], false, "{events:?}");
+}
+
 /// A raw WebSocket client: handshake by hand, then arbitrary bytes.
 async fn raw_ws(proxy: &ProxyHarness) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(proxy.ws_addr).await.unwrap();

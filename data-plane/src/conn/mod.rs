@@ -28,11 +28,19 @@ pub struct Accepted {
     pub connection_id: String,
 }
 
-/// The frame limits of both ends of a relayed connection.
+/// The frame limits of a client connection.
 pub fn limits(shared: &Shared) -> Limits {
     Limits {
         max_frame: shared.settings.max_frame_bytes,
         max_message: shared.settings.max_message_bytes,
+    }
+}
+
+/// The frame limits of an agent connection.
+fn agent_limits(shared: &Shared) -> Limits {
+    Limits {
+        max_frame: shared.settings.max_agent_frame_bytes,
+        max_message: shared.settings.max_agent_message_bytes,
     }
 }
 
@@ -147,7 +155,7 @@ pub(crate) async fn route_and_connect(
         match upstream::connect(
             &decision.service,
             &fwd,
-            limits(shared),
+            agent_limits(shared),
             shared.settings.connect_timeout,
         )
         .await

@@ -534,6 +534,29 @@ where
                 }
             }
             Ev::UpMsg(m) => self.on_up_msg(m),
+            Ev::UpError(e @ (WsError::TooLong { .. } | WsError::Protocol(_) | WsError::Utf8)) => {
+                // The agent broke the protocol or the agent limits: another agent would get
+                // the same message and most likely answer the same way, so no failover (it
+                // looped between agents, replaying the message); the client is told.
+                tracing::warn!(connection_id = %self.acc.connection_id, service = %self.service.name, error = %e, "agent frame refused");
+                let ev = events::error(
+                    "ROUTING_FAILED",
+                    &format!("The agent's answer was refused: {e}"),
+                    false,
+                );
+                if !self.client_closed && !self.client_done {
+                    self.to_client.push_back(Message::text(ev));
+                }
+                let to_agent = match e {
+                    WsError::TooLong { .. } => Message::close(1009, "frame over the proxy's limit"),
+                    WsError::Utf8 => Message::close(1007, "text frame is not UTF-8"),
+                    _ => Message::close(1002, "protocol error"),
+                };
+                self.begin_close(
+                    Some(Message::close(1011, "agent frame refused")),
+                    Some(to_agent),
+                );
+            }
             Ev::UpError(e) => {
                 tracing::debug!(connection_id = %self.acc.connection_id, error = %e, "upstream error");
                 self.on_up_end(None, true);
