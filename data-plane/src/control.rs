@@ -195,12 +195,11 @@ impl ControlClient {
         let _ = tx.try_send(pb::ProxyMessage {
             kind: Some(pb::proxy_message::Kind::Hello(hello)),
         });
-        // Resync: the control plane learns every live connection of this node again.
-        if let Some(r) = resync_report(&self.shared) {
-            let _ = tx.try_send(pb::ProxyMessage {
-                kind: Some(pb::proxy_message::Kind::Report(r)),
-            });
-        }
+        // Resync: the control plane learns every live connection of this node again, and
+        // that any other it holds as active has closed.
+        let _ = tx.try_send(pb::ProxyMessage {
+            kind: Some(pb::proxy_message::Kind::Report(resync_report(&self.shared))),
+        });
         let mut inbound = tokio::select! {
             _ = shutdown.cancelled() => return End::Shutdown,
             r = grpc.stream(ReceiverStream::new(rx)) => match r {
@@ -417,8 +416,11 @@ pub fn run_command(shared: &Shared, c: pb::ProxyCommand) -> pb::CommandResult {
 // Reports: per-connection atomics turned into events and per-service counter deltas.
 
 /// A report listing every live connection as OPENED (sent first on each new stream).
-pub fn resync_report(shared: &Shared) -> Option<pb::Report> {
-    let mut r = pb::Report::default();
+pub fn resync_report(shared: &Shared) -> pb::Report {
+    let mut r = pb::Report {
+        live_set: true,
+        ..Default::default()
+    };
     shared.for_each_live(|s| {
         let conn = s.to_proto(&shared.settings.node_id, "active");
         r.sessions.push(pb::SessionEvent {
@@ -432,7 +434,7 @@ pub fn resync_report(shared: &Shared) -> Option<pb::Report> {
             connection: Some(conn),
         });
     });
-    (!r.connections.is_empty()).then_some(r)
+    r
 }
 
 /// Events and counter deltas since the previous report.
@@ -534,6 +536,7 @@ pub fn collect_report(shared: &Shared) -> Option<pb::Report> {
         sessions: pending.sessions,
         counters: per_service.into_values().collect(),
         peak_connections: peaks.node,
+        live_set: false,
     };
     report.connections.extend(updated);
     if report.connections.is_empty() && report.sessions.is_empty() && report.counters.is_empty() {

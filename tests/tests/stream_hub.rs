@@ -124,6 +124,64 @@ async fn a_new_proxy_gets_the_load_with_its_first_config() {
     cp.stop().await;
 }
 
+/// A stream opens with the proxy's live connections (`live_set`): a connection the store still
+/// holds as active for the node and the list leaves out is closed. Its close report had gone to
+/// a replica that died with it, and it stayed active in the cluster view for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_set_closes_what_a_lost_report_left_active() {
+    use myagent_control_plane::stream::model::ConnectionRecord;
+    let (store, _dir) = embedded_store().await;
+    put_running_service(&store, &service("svc-a", "alpha", 9001)).await;
+    let cp = Replica::start(store.clone(), fast_config(), true).await;
+    let mut p = FakeProxy::connect(&cp.url(), "p1", 0).await;
+    let full = p.next_config().await;
+    p.ack(&full).await;
+    p.report(pb::Report {
+        connections: vec![
+            conn_event(ConnKind::Opened, connection("c1", "s1", "svc-a")),
+            conn_event(ConnKind::Opened, connection("c2", "s2", "svc-a")),
+        ],
+        ..Default::default()
+    })
+    .await;
+    let status = |id: &'static str| {
+        let store = store.clone();
+        async move {
+            json::get::<ConnectionRecord>(&store, &keys::connection("p1", id))
+                .await
+                .unwrap()
+                .map(|(r, _)| r.status.as_str().to_string())
+        }
+    };
+    until("both connections recorded", WAIT, || async {
+        (status("c1").await.as_deref() == Some("active")
+            && status("c2").await.as_deref() == Some("active"))
+        .then_some(())
+    })
+    .await;
+
+    // The stream ends without c2's close, and the proxy opens a new one with its live set.
+    drop(p);
+    let mut p = FakeProxy::connect(&cp.url(), "p1", full.version).await;
+    let again = p.next_config().await;
+    p.ack(&again).await;
+    p.report(pb::Report {
+        connections: vec![conn_event(
+            ConnKind::Opened,
+            connection("c1", "s1", "svc-a"),
+        )],
+        live_set: true,
+        ..Default::default()
+    })
+    .await;
+    until("c2 closed", WAIT, || async {
+        (status("c2").await.as_deref() == Some("closed")).then_some(())
+    })
+    .await;
+    assert_eq!(status("c1").await.as_deref(), Some("active"));
+    cp.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nack_is_never_applied_and_shows_in_sync_status() {
     let (store, _dir) = embedded_store().await;

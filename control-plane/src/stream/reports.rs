@@ -106,6 +106,40 @@ pub(crate) fn ingest(hub: &Hub, node: &LocalNode, report: pb::Report) {
         pending.peaks.observe(now, c);
     }
     let mut st = node.lock();
+    if report.live_set {
+        // A stream opened and the report lists every live connection of the node: the others
+        // held as active closed while no report could say so (the replica that received the
+        // close died with it).
+        let live: std::collections::HashSet<&str> = report
+            .connections
+            .iter()
+            .filter_map(|e| e.connection.as_ref())
+            .map(|c| c.connection_id.as_str())
+            .collect();
+        let gone: Vec<ConnectionRecord> = st
+            .active
+            .values()
+            .filter(|r| !live.contains(r.connection_id.as_str()))
+            .cloned()
+            .collect();
+        for prev in gone {
+            let id = prev.connection_id.clone();
+            let closed = pb::Connection {
+                connection_id: id.clone(),
+                ..Default::default()
+            };
+            let rec = merge(Some(&prev), closed, &node.node_id, true, now);
+            pending
+                .counters
+                .entry(rec.target_service_id.clone())
+                .or_default()
+                .connections_closed += 1;
+            st.active.remove(&id);
+            st.closed.push_back((now, id.clone()));
+            pending.conn_deletes.remove(&key_of(&rec));
+            pending.conns.insert(id, rec);
+        }
+    }
     for ev in report.connections {
         let Some(c) = ev.connection else { continue };
         if c.connection_id.is_empty() {
