@@ -83,6 +83,79 @@ impl Handle {
     }
 }
 
+/// Most event loops `--worker-threads` may ask for.
+const MAX_WORKER_THREADS: usize = 1024;
+
+/// The flags whose values the parser alone cannot check.
+fn validate(cli: &Cli) -> Result<()> {
+    for url in cli
+        .control_plane
+        .iter()
+        .map(|u| u.trim())
+        .filter(|u| !u.is_empty())
+    {
+        let ok = url
+            .parse::<http::Uri>()
+            .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+        if !ok {
+            return Err(Error::InvalidConfig(format!(
+                "--control-plane `{url}`: not an http:// or https:// URL"
+            )));
+        }
+    }
+    if let Some(id) = cli.node_id.as_deref().filter(|s| !s.is_empty()) {
+        // The control plane's rule: the id is part of etcd keys (`nodes/{id}`).
+        let ok = id.len() <= 128
+            && id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+        if !ok {
+            return Err(Error::InvalidConfig(format!(
+                "--node-id `{id}`: at most 128 of A-Z a-z 0-9 - _ . :"
+            )));
+        }
+    }
+    if cli.worker_threads > MAX_WORKER_THREADS {
+        return Err(Error::InvalidConfig(format!(
+            "--worker-threads: at most {MAX_WORKER_THREADS} (0 = one per CPU)"
+        )));
+    }
+    if cli.connect_timeout.is_zero() {
+        return Err(Error::InvalidConfig(
+            "--connect-timeout: must be above 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Raises the soft open-file limit towards the hard one when `--max-connections` needs it (two
+/// sockets a connection, and some to spare), and warns when even that cannot hold them: the
+/// configured limit would not be the effective one.
+fn check_open_files(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((mut soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let want = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(256);
+    if soft < want && hard > soft {
+        let raised = want.min(hard);
+        if setrlimit(Resource::RLIMIT_NOFILE, raised, hard).is_ok() {
+            soft = raised;
+        }
+    }
+    if soft < want {
+        tracing::warn!(
+            max_connections,
+            open_files = soft,
+            "the open-file limit holds about {} connections, fewer than --max-connections; \
+             raise it (ulimit -n, systemd LimitNOFILE=)",
+            soft.saturating_sub(256) / 2
+        );
+    }
+}
+
 fn node_id(cli: &Cli) -> Result<String> {
     if let Some(id) = cli.node_id.as_ref().filter(|s| !s.is_empty()) {
         return Ok(id.clone());
@@ -143,6 +216,8 @@ pub async fn bind(cli: Cli) -> Result<Bound> {
             "--report-interval: at least 10ms".into(),
         ));
     }
+    validate(&cli)?;
+    check_open_files(cli.max_connections);
     std::fs::create_dir_all(&cli.data_dir).map_err(|e| Error::DataDir {
         path: cli.data_dir.display().to_string(),
         source: e,

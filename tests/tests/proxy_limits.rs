@@ -245,3 +245,46 @@ async fn shutdown_closes_clients_with_1001() {
         .unwrap()
         .unwrap();
 }
+
+/// Flag values the parser cannot check are refused at start-up, naming the flag (they were
+/// accepted, and failed later: a bad control-plane URL retried forever, a huge worker count ran
+/// out of file descriptors, a `/` in the node id split its etcd keys).
+#[tokio::test]
+async fn bad_flag_values_fail_at_bind_with_the_flag_named() {
+    type Tweak = Box<dyn Fn(&mut myagent_data_plane::Cli)>;
+    let cases: Vec<(&str, Tweak)> = vec![
+        (
+            "--control-plane",
+            Box::new(|c| c.control_plane = vec!["bad url".into()]),
+        ),
+        (
+            "--control-plane",
+            Box::new(|c| c.control_plane = vec!["ftp://127.0.0.1:1".into()]),
+        ),
+        ("--node-id", Box::new(|c| c.node_id = Some("a/b".into()))),
+        ("--worker-threads", Box::new(|c| c.worker_threads = 100_000)),
+        (
+            "--connect-timeout",
+            Box::new(|c| c.connect_timeout = Duration::ZERO),
+        ),
+        (
+            "--max-agent-frame-bytes",
+            Box::new(|c| c.max_agent_frame_bytes = 0),
+        ),
+    ];
+    for (flag, tweak) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cli = myagent_data_plane::Cli::for_addrs(
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+            &["http://127.0.0.1:1".to_string()],
+            dir.path().to_path_buf(),
+        );
+        tweak(&mut cli);
+        let err = match myagent_data_plane::bind(cli).await {
+            Ok(_) => panic!("{flag}: bind must fail"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains(flag), "{flag}: {err}");
+    }
+}
