@@ -41,6 +41,12 @@ pub async fn bind(cli: Cli) -> Result<Bound> {
     if cli.max_body_bytes == 0 {
         return Err(Error::Config("--max-body-bytes must be at least 1".into()));
     }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
+        return Err(Error::Config(format!(
+            "--log-level `{}`: {e}",
+            cli.log_level
+        )));
+    }
     let upstream = Upstream::new(&cli)?;
     let metrics = Metrics::new().map_err(|e| Error::Config(format!("metrics: {e}")))?;
     let tls = match (&cli.tls_cert, &cli.tls_key) {

@@ -53,3 +53,16 @@ fn bad_control_plane_url_is_a_usage_error() {
         .expect("run");
     assert_eq!(out.status.code(), Some(64), "{out:?}");
 }
+
+#[test]
+fn bad_log_filter_is_a_usage_error() {
+    let out = bin()
+        .args(["--listen", "127.0.0.1:0", "--log-level", "garbage[[["])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--log-level"),
+        "{out:?}"
+    );
+}
