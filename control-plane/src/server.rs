@@ -65,6 +65,13 @@ pub struct Bound {
 /// naming the flag (exit code 64 in `main`).
 pub async fn bind(cli: Cli) -> Result<Bound> {
     let settings = cli.settings()?;
+    // Logs live there with either store: a path that cannot be a directory is a flag error.
+    std::fs::create_dir_all(&settings.data_dir).map_err(|e| {
+        Error::invalid(
+            "--data-dir",
+            format!("cannot create {}: {e}", settings.data_dir.display()),
+        )
+    })?;
     let metrics = Metrics::new()?;
     let store = MeteredStore::wrap(build_store(&settings.store).await?, metrics.clone());
     let grpc_listener = TcpListener::bind(settings.listen).await.map_err(|e| {

@@ -235,3 +235,28 @@ async fn a_short_etcd_outage_keeps_the_leader_and_its_agents() {
     );
     cp.shutdown().await;
 }
+
+/// A `--data-dir` that cannot be a directory is a configuration error naming the flag (it was
+/// reported as an internal error of the embedded store).
+#[tokio::test]
+async fn an_impossible_data_dir_names_the_flag() {
+    use clap::Parser;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let cli = myagent_control_plane::Cli::try_parse_from([
+        "myagent-control-plane",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &file.path().join("sub").display().to_string(),
+    ])
+    .unwrap();
+    match myagent_control_plane::bind(cli).await {
+        Err(myagent_control_plane::Error::InvalidRequest { field, .. }) => {
+            assert_eq!(field, "--data-dir")
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("bind must fail"),
+    }
+}
