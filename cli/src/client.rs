@@ -3,11 +3,9 @@
 use std::time::Duration;
 
 use myagent_proto::v1 as pb;
-use std::path::PathBuf;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Channel, Endpoint};
 
 use crate::args::GlobalArgs;
 use crate::error::{Error, Result};
@@ -50,7 +48,17 @@ impl Clients {
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs_f64(global.timeout))
             .tcp_nodelay(true);
-        if let Some(tls) = client_tls(global, &server)? {
+        let tls = myagent_gateway::upstream::control_plane_tls(
+            server.starts_with("https://"),
+            global.control_plane_ca.as_deref(),
+            global
+                .control_plane_cert
+                .as_deref()
+                .zip(global.control_plane_key.as_deref()),
+            global.control_plane_domain.as_deref(),
+        )
+        .map_err(Error::Usage)?;
+        if let Some(tls) = tls {
             endpoint = endpoint
                 .tls_config(tls)
                 .map_err(|e| Error::Usage(format!("TLS towards {server}: {e}")))?;
@@ -102,34 +110,6 @@ pub fn normalize_server(s: &str) -> String {
     } else {
         format!("http://{s}")
     }
-}
-
-/// TLS towards the control plane: for `https://` servers, or when a CA or client certificate
-/// is given (the same flags as the gateway's and the proxy's).
-fn client_tls(global: &GlobalArgs, server: &str) -> Result<Option<ClientTlsConfig>> {
-    if !server.starts_with("https://")
-        && global.control_plane_ca.is_none()
-        && global.control_plane_cert.is_none()
-    {
-        return Ok(None);
-    }
-    let read = |flag: &str, p: &PathBuf| {
-        std::fs::read(p).map_err(|e| Error::Usage(format!("--{flag} {}: {e}", p.display())))
-    };
-    let mut tls = ClientTlsConfig::new();
-    if let Some(ca) = &global.control_plane_ca {
-        tls = tls.ca_certificate(Certificate::from_pem(read("control-plane-ca", ca)?));
-    }
-    if let (Some(c), Some(k)) = (&global.control_plane_cert, &global.control_plane_key) {
-        tls = tls.identity(Identity::from_pem(
-            read("control-plane-cert", c)?,
-            read("control-plane-key", k)?,
-        ));
-    }
-    if let Some(domain) = &global.control_plane_domain {
-        tls = tls.domain_name(domain.clone());
-    }
-    Ok(Some(tls))
 }
 
 /// The innermost cause is the useful part (`Connection refused (os error 111)`).

@@ -6,7 +6,8 @@
 //! is refused (the lease is gone), the key disappears or changes owner, or the store has not
 //! answered for almost the lease's lifetime. The old leader gives up before its lease could
 //! expire on the server, so two leaders never overlap, and a store that is briefly away (an
-//! etcd restart or leader election) does not end the term. Non-leaders watch the key and campaign as soon as it is deleted or expires.
+//! etcd restart or leader election) does not end the term. Non-leaders watch the key and
+//! campaign as soon as it is deleted or expires.
 //! On shutdown the leader revokes its lease, so a successor takes over immediately instead of
 //! after the TTL.
 
@@ -230,7 +231,9 @@ impl Elector {
                             false
                         }
                         Ok(Err(Error::StoreUnavailable(e))) => {
-                            tracing::warn!(replica = %self.replica_id, error = %e, "leader keepalive failed; retrying while the lease holds");
+                            if !troubled {
+                                tracing::warn!(replica = %self.replica_id, error = %e, "leader keepalive failed; retrying while the lease holds");
+                            }
                             true
                         }
                         Err(_) => true,

@@ -104,12 +104,7 @@ fn validate(cli: &Cli) -> Result<()> {
         }
     }
     if let Some(id) = cli.node_id.as_deref().filter(|s| !s.is_empty()) {
-        // The control plane's rule: the id is part of etcd keys (`nodes/{id}`).
-        let ok = id.len() <= 128
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
-        if !ok {
+        if !myagent_proto::valid_node_id(id) {
             return Err(Error::InvalidConfig(format!(
                 "--node-id `{id}`: at most 128 of A-Z a-z 0-9 - _ . :"
             )));

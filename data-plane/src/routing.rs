@@ -91,6 +91,14 @@ pub enum RouteError {
 }
 
 impl RouteError {
+    /// `s` holds its `max_sessions` already.
+    pub fn at_capacity(s: &Service) -> Self {
+        RouteError::InsufficientResources(format!(
+            "Service '{}' is at its max_sessions ({})",
+            s.name, s.max_sessions
+        ))
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             RouteError::ServiceNotFound(_) => "SERVICE_NOT_FOUND",
@@ -172,10 +180,7 @@ impl Router {
                 )));
             }
             if full(s) {
-                return Err(RouteError::InsufficientResources(format!(
-                    "Service '{name}' is at its max_sessions ({})",
-                    s.max_sessions
-                )));
+                return Err(RouteError::at_capacity(s));
             }
             return Ok(Decision {
                 service: s.clone(),

@@ -1,6 +1,7 @@
 //! The gateway's only dependency: a lazy gRPC channel to the control plane (one URL, or several
 //! balanced with failover), the generated clients, and per-call metadata (auth, deadline).
 
+use std::path::Path;
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
@@ -130,7 +131,11 @@ async fn eject_dead_replicas(
                 (true, false) if others_live => Change::Remove(i),
                 _ => continue,
             };
-            tracing::info!(control_plane = %ep.uri(), up, "control-plane replica {}", if up { "back in the balancer" } else { "unreachable: out of the balancer" });
+            if up {
+                tracing::info!(control_plane = %ep.uri(), "control-plane replica back in the balancer");
+            } else {
+                tracing::warn!(control_plane = %ep.uri(), "control-plane replica unreachable: out of the balancer");
+            }
             if tx.send(change).await.is_err() {
                 return;
             }
@@ -158,30 +163,44 @@ async fn accepts_connections(uri: &http::Uri) -> bool {
 }
 
 fn client_tls(cli: &Cli) -> Result<Option<ClientTlsConfig>> {
-    let wants_tls = cli.control_plane_ca.is_some()
-        || cli.control_plane_cert.is_some()
-        || cli
-            .control_plane
+    control_plane_tls(
+        cli.control_plane
             .iter()
-            .any(|u| u.trim().starts_with("https://"));
-    if !wants_tls {
+            .any(|u| u.trim().starts_with("https://")),
+        cli.control_plane_ca.as_deref(),
+        cli.control_plane_cert
+            .as_deref()
+            .zip(cli.control_plane_key.as_deref()),
+        cli.control_plane_domain.as_deref(),
+    )
+    .map_err(Error::Tls)
+}
+
+/// TLS towards the control plane from the `--control-plane-ca`, `--control-plane-cert` /
+/// `--control-plane-key` and `--control-plane-domain` flags (the gateway's and the CLI's):
+/// `None` for a plain `http://` control plane given none of them. Errors name the flag whose
+/// file cannot be read.
+pub fn control_plane_tls(
+    https: bool,
+    ca: Option<&Path>,
+    cert_key: Option<(&Path, &Path)>,
+    domain: Option<&str>,
+) -> std::result::Result<Option<ClientTlsConfig>, String> {
+    if !https && ca.is_none() && cert_key.is_none() {
         return Ok(None);
     }
+    let read = |flag: &str, p: &Path| {
+        std::fs::read(p).map_err(|e| format!("--control-plane-{flag} {}: {e}", p.display()))
+    };
     let mut tls = ClientTlsConfig::new();
-    if let Some(ca) = &cli.control_plane_ca {
-        let pem = std::fs::read(ca)
-            .map_err(|e| Error::Tls(format!("--control-plane-ca {}: {e}", ca.display())))?;
-        tls = tls.ca_certificate(Certificate::from_pem(pem));
+    if let Some(ca) = ca {
+        tls = tls.ca_certificate(Certificate::from_pem(read("ca", ca)?));
     }
-    if let (Some(cert), Some(key)) = (&cli.control_plane_cert, &cli.control_plane_key) {
-        let c = std::fs::read(cert)
-            .map_err(|e| Error::Tls(format!("--control-plane-cert {}: {e}", cert.display())))?;
-        let k = std::fs::read(key)
-            .map_err(|e| Error::Tls(format!("--control-plane-key {}: {e}", key.display())))?;
-        tls = tls.identity(Identity::from_pem(c, k));
+    if let Some((cert, key)) = cert_key {
+        tls = tls.identity(Identity::from_pem(read("cert", cert)?, read("key", key)?));
     }
-    if let Some(domain) = &cli.control_plane_domain {
-        tls = tls.domain_name(domain.clone());
+    if let Some(domain) = domain {
+        tls = tls.domain_name(domain);
     }
     Ok(Some(tls))
 }

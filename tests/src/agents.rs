@@ -255,3 +255,12 @@ impl Drop for EchoAgent {
         let _ = self.stop_tx.send(true);
     }
 }
+
+/// The example agent the control plane launches in tests (`examples/agents/echo_agent.py`), as
+/// an absolute path.
+pub fn example_agent_path() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/agents/echo_agent.py")
+        .canonicalize()
+        .expect("examples/agents/echo_agent.py")
+}

@@ -171,10 +171,7 @@ async fn a_short_etcd_outage_keeps_the_leader_and_its_agents() {
         .local_addr()
         .unwrap()
         .port();
-    let agent = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/agents/echo_agent.py")
-        .canonicalize()
-        .unwrap();
+    let agent = myagent_tests::agents::example_agent_path();
     registry
         .register_service(pb::RegisterServiceRequest {
             name: "through-the-blip".into(),
@@ -221,6 +218,7 @@ async fn a_short_etcd_outage_keeps_the_leader_and_its_agents() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Time for a term that ended to show: a new leader would have restarted the agent by now.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = registry.get_service(service()).await.unwrap().into_inner();
     assert_eq!(after.status, "running", "{after:?}");

@@ -67,10 +67,7 @@ async fn start_echo_agent(
         .local_addr()
         .unwrap()
         .port();
-    let agent = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/agents/echo_agent.py")
-        .canonicalize()
-        .unwrap();
+    let agent = myagent_tests::agents::example_agent_path();
     registry
         .register_service(pb::RegisterServiceRequest {
             name: name.into(),

@@ -16,7 +16,6 @@
 //!
 //! Sessions (c1's, c2's, c3's) time out 1 s after their last connection, so all 3 complete.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -44,10 +43,7 @@ const SESSIONS: u64 = 3;
 const NAME: &str = "stats-e2e";
 
 fn echo_agent_path() -> String {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/agents/echo_agent.py")
-        .canonicalize()
-        .expect("examples/agents/echo_agent.py")
+    myagent_tests::agents::example_agent_path()
         .display()
         .to_string()
 }

@@ -156,12 +156,8 @@ fn build_def(req: NewService) -> Result<ServiceDef> {
 /// the local machine counts as one host). Whether something unregistered listens there is
 /// checked when the service starts.
 async fn check_port_free(ctx: &Context, def: &ServiceDef, except_id: Option<&str>) -> Result<()> {
-    let host = validate::normalize_host(&def.host);
     for other in all_defs(ctx).await? {
-        if Some(other.id.as_str()) != except_id
-            && other.port == def.port
-            && validate::normalize_host(&other.host) == host
-        {
+        if Some(other.id.as_str()) != except_id && same_host_port(&other, def) {
             return Err(Error::PortInUse {
                 host: def.host.clone(),
                 port: def.port,
@@ -181,14 +177,18 @@ async fn earlier_port_owner(
     def: &ServiceDef,
     revision: Revision,
 ) -> Result<Option<String>> {
-    let host = validate::normalize_host(&def.host);
     let (kvs, _) = ctx.store.range(keys::SERVICES).await?;
     Ok(kvs
         .iter()
         .filter(|kv| kv.create_revision < revision)
         .filter_map(|kv| json::decode::<ServiceDef>(kv).ok())
-        .find(|o| o.id != def.id && o.port == def.port && validate::normalize_host(&o.host) == host)
+        .find(|o| o.id != def.id && same_host_port(o, def))
         .map(|o| o.name))
+}
+
+/// Every spelling of the local machine counts as one host.
+fn same_host_port(a: &ServiceDef, b: &ServiceDef) -> bool {
+    a.port == b.port && validate::normalize_host(&a.host) == validate::normalize_host(&b.host)
 }
 
 async fn all_defs(ctx: &Context) -> Result<Vec<ServiceDef>> {

@@ -83,14 +83,6 @@ impl LocalNode {
     }
 }
 
-fn valid_node_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-}
-
 /// Serves one `ProxyControl::Stream`: waits for Hello, registers the node, and returns the
 /// outbound stream while a driver task handles the rest.
 pub async fn open_stream(
@@ -108,7 +100,7 @@ pub async fn open_stream(
             )
         }
     };
-    if !valid_node_id(&hello.node_id) {
+    if !myagent_proto::valid_node_id(&hello.node_id) {
         return Err(Error::invalid(
             "hello.node_id",
             "node_id must be 1-128 characters of A-Z a-z 0-9 - _ . :",

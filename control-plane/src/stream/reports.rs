@@ -95,7 +95,7 @@ fn merge(
 }
 
 /// Takes one report of a local proxy into the pending batch (no I/O).
-pub(crate) fn ingest(hub: &Hub, node: &LocalNode, report: pb::Report) {
+pub(crate) fn ingest(hub: &Hub, node: &LocalNode, mut report: pb::Report) {
     use pb::connection_event::Kind;
     let now = Utc::now();
     let cfg = &hub.inner.cfg;
@@ -109,36 +109,26 @@ pub(crate) fn ingest(hub: &Hub, node: &LocalNode, report: pb::Report) {
     if report.live_set {
         // A stream opened and the report lists every live connection of the node: the others
         // held as active closed while no report could say so (the replica that received the
-        // close died with it).
+        // close died with it). They are closed as if reported.
         let live: std::collections::HashSet<&str> = report
             .connections
             .iter()
             .filter_map(|e| e.connection.as_ref())
             .map(|c| c.connection_id.as_str())
             .collect();
-        let gone: Vec<ConnectionRecord> = st
+        let gone: Vec<pb::ConnectionEvent> = st
             .active
-            .values()
-            .filter(|r| !live.contains(r.connection_id.as_str()))
-            .cloned()
+            .keys()
+            .filter(|id| !live.contains(id.as_str()))
+            .map(|id| pb::ConnectionEvent {
+                kind: Kind::Closed as i32,
+                connection: Some(pb::Connection {
+                    connection_id: id.clone(),
+                    ..Default::default()
+                }),
+            })
             .collect();
-        for prev in gone {
-            let id = prev.connection_id.clone();
-            let closed = pb::Connection {
-                connection_id: id.clone(),
-                ..Default::default()
-            };
-            let rec = merge(Some(&prev), closed, &node.node_id, true, now);
-            pending
-                .counters
-                .entry(rec.target_service_id.clone())
-                .or_default()
-                .connections_closed += 1;
-            st.active.remove(&id);
-            st.closed.push_back((now, id.clone()));
-            pending.conn_deletes.remove(&key_of(&rec));
-            pending.conns.insert(id, rec);
-        }
+        report.connections.extend(gone);
     }
     for ev in report.connections {
         let Some(c) = ev.connection else { continue };

@@ -144,10 +144,7 @@ pub(crate) async fn route_and_connect(
         match shared.load.try_reserve(&svc.id, svc.max_sessions, session) {
             Some(slot) => decision.slot = Some(Arc::new(slot)),
             None => {
-                last_err = Some(RouteError::InsufficientResources(format!(
-                    "Service '{}' is at its max_sessions ({})",
-                    svc.name, svc.max_sessions
-                )));
+                last_err = Some(RouteError::at_capacity(svc));
                 continue;
             }
         }

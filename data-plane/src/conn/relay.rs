@@ -209,7 +209,7 @@ where
     pub fn new(
         shared: Arc<Shared>,
         stats: Arc<ConnStats>,
-        client: WsStream<C>,
+        mut client: WsStream<C>,
         up: Upstream,
         decision: Decision,
         session_id: String,
@@ -217,10 +217,9 @@ where
         commands: Arc<Commands>,
         routed_event: String,
     ) -> Self {
-        // Pings cross the relay and are answered by the far end (DESIGN §6: relayed).
-        let (mut client, mut up) = (client, up);
+        // Pings cross the relay and are answered by the far end (DESIGN §6: relayed); the
+        // upstream side is made that way when it connects.
         client.set_auto_pong(false);
-        up.set_auto_pong(false);
         let idle = shared.settings.idle_timeout;
         // The tick checks idleness and publishes this connection's activity and metrics.
         let period = if idle.is_zero() {
@@ -895,12 +894,12 @@ where
         if !restarting {
             self.exclude.push(self.service.id.clone());
         }
-        let deadline = Instant::now()
-            + if restarting {
-                RESTART_WAIT
-            } else {
-                Duration::ZERO
-            };
+        let wait = if restarting {
+            RESTART_WAIT
+        } else {
+            Duration::ZERO
+        };
+        let deadline = Instant::now() + wait;
         let shared = self.shared.clone();
         let req = self.acc.req.clone();
         let session_id = self.session_id.clone();
@@ -979,8 +978,6 @@ where
                     pb::connection_event::Kind::Updated,
                     self.stats.to_proto(&self.shared.settings.node_id, "active"),
                 );
-                let mut up = up;
-                up.set_auto_pong(false);
                 self.up = Some(up);
                 self.up_readable = true;
                 self.up_done = false;

@@ -157,7 +157,10 @@ pub async fn connect(
                 Err(e) => return Err(format!("handshake with {}: {e}", svc.endpoint)),
             }
         };
-        Ok(WsStream::new(tcp, Role::Client, limits, &buf[head_len..]))
+        let mut ws = WsStream::new(tcp, Role::Client, limits, &buf[head_len..]);
+        // Only a relay reads it: the agent's pings go to the client, whose pongs come back.
+        ws.set_auto_pong(false);
+        Ok(ws)
     };
     match crate::timer::timeout(timeout, fut).await {
         Ok(r) => r,

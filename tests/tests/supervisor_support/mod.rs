@@ -29,10 +29,7 @@ pub struct Fixture {
 }
 
 pub fn echo_agent() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/agents/echo_agent.py")
-        .canonicalize()
-        .expect("echo agent")
+    myagent_tests::agents::example_agent_path()
 }
 
 /// A port for an agent to listen on. Agents are registered with a fixed port, so one is picked
