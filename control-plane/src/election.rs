@@ -86,15 +86,30 @@ pub fn spawn_advertising(
     shutdown: CancellationToken,
 ) -> (watch::Receiver<bool>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
+    let task = spawn_into(store, replica_id, url, ttl, shutdown, tx);
+    (rx, task)
+}
+
+/// As `spawn_advertising`, driving an existing `is_leader` sender. The sender is flipped by the
+/// elector itself, with no relay in between: a singleton loop that checks it before writing
+/// sees a lost term at once.
+pub fn spawn_into(
+    store: StoreRef,
+    replica_id: Arc<str>,
+    url: String,
+    ttl: Duration,
+    shutdown: CancellationToken,
+    is_leader: watch::Sender<bool>,
+) -> JoinHandle<()> {
     let elector = Elector {
         store,
         replica_id,
         url,
         ttl,
         shutdown,
-        is_leader: tx,
+        is_leader,
     };
-    (rx, tokio::spawn(elector.run()))
+    tokio::spawn(elector.run())
 }
 
 struct Elector {

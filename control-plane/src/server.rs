@@ -330,36 +330,21 @@ fn join_msg<T, E: std::fmt::Display>(
     }
 }
 
-/// Campaigns for leadership and mirrors the result into `leader_tx` (`ctx.is_leader`).
+/// Campaigns for leadership; the elector flips `leader_tx` (`ctx.is_leader`) itself.
 fn start_election(
     ctx: &Context,
     advertise_url: String,
     leader_tx: watch::Sender<bool>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let (mut rx, task) = election::spawn_advertising(
+    election::spawn_into(
         ctx.store.clone(),
         ctx.replica_id.clone(),
         advertise_url,
         election::DEFAULT_TTL,
         stop,
-    );
-    let replica = ctx.replica_id.clone();
-    tokio::spawn(async move {
-        let forward = async {
-            loop {
-                let leading = *rx.borrow_and_update();
-                if leader_tx.send_replace(leading) != leading {
-                    info!(replica = %replica, leader = leading, "leadership changed");
-                }
-                if rx.changed().await.is_err() {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::join!(forward, task);
-        leader_tx.send_replace(false);
-    })
+        leader_tx,
+    )
 }
 
 /// EXTENSION POINT — every gRPC service of the control plane, one `add_service` each. Returns

@@ -284,6 +284,14 @@ impl ControlPlane {
         RoutingRulesClient::new(self.channel().await)
     }
 
+    /// The binary's process id (`None` in-process).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.runner {
+            Runner::Binary { child, .. } => child.id(),
+            Runner::InProcess { .. } => None,
+        }
+    }
+
     /// What the binary wrote to stderr so far (empty for in-process control planes).
     pub fn logs(&self) -> String {
         match &self.runner {

@@ -234,6 +234,210 @@ async fn a_short_etcd_outage_keeps_the_leader_and_its_agents() {
     cp.shutdown().await;
 }
 
+/// An etcd outage longer than the election lease ends the leader's term, but its agent processes
+/// keep running while no other replica leads, and the next term of the same replica goes on with
+/// them. They used to be stopped with the term, dropping every client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_etcd_outage_keeps_the_agents_for_the_next_term() {
+    let etcd = Etcd::start();
+    let cp = control_plane()
+        .etcd(&etcd, &unique_prefix("outage-hold"))
+        .spawn_binary()
+        .await;
+    let mut registry = cp.registry().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    registry
+        .register_service(pb::RegisterServiceRequest {
+            name: "through-the-outage".into(),
+            agent_factory_path: myagent_tests::agents::example_agent_path()
+                .display()
+                .to_string(),
+            host: "127.0.0.1".into(),
+            port: u32::from(port),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let service = || pb::GetServiceRequest {
+        service: "through-the-outage".into(),
+    };
+    let started = registry
+        .start_service(pb::StartServiceRequest {
+            service: "through-the-outage".into(),
+            wait_for_sync: 0.0,
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    assert_eq!(started.status, "running", "{started:?}");
+    let pid = registry
+        .get_service(service())
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime
+        .map(|r| r.pid)
+        .unwrap_or_default();
+    assert!(pid > 0);
+
+    // 8 s without etcd: past the 5 s lease, so the term ends.
+    etcd.pause();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(),
+        "the agent runs through the outage"
+    );
+    etcd.resume();
+
+    let back = Instant::now();
+    while registry.get_service(service()).await.is_err() {
+        assert!(back.elapsed() < Duration::from_secs(15), "answers again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The term ended (the control plane says so) and a new one began with the same process.
+    assert_eventually!(
+        Duration::from_secs(15),
+        cp.logs().contains("leader again, with the agents it kept"),
+        "a new term with the kept agents: {}",
+        cp.logs()
+    );
+    assert!(
+        cp.logs().contains("keeping the agent processes running"),
+        "{}",
+        cp.logs()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = registry.get_service(service()).await.unwrap().into_inner();
+    assert_eq!(after.status, "running", "{after:?}");
+    assert_eq!(
+        after.runtime.as_ref().map(|r| r.pid),
+        Some(pid),
+        "{after:?}"
+    );
+    assert!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok());
+
+    // The new term manages the kept process: a stop ends it.
+    let stopped = registry
+        .stop_service(pb::StopServiceRequest {
+            service: "through-the-outage".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("stop")
+        .into_inner();
+    assert_eq!(stopped.status, "stopped", "{stopped:?}");
+    assert_eventually!(
+        Duration::from_secs(10),
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
+        "the kept process is stopped"
+    );
+    cp.shutdown().await;
+}
+
+/// A replica frozen past its lease (a long pause, a stopped VM) loses its term to the other
+/// replica, which runs the agent; once it runs again it must not write over the new leader's
+/// state. It used to handle its agent's exit (killed by the new leader's sweep) as the leader
+/// and write the service unhealthy, which took it out of routing until the next health check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_its_term_leaves_the_new_leaders_state_alone() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let etcd = Etcd::start();
+    let prefix = unique_prefix("outage-yield");
+    let a = control_plane().etcd(&etcd, &prefix).spawn_binary().await;
+    let store = myagent_tests::control_plane::etcd_store(&etcd, &prefix).await;
+    myagent_tests::control_plane::wait_leader(&store).await;
+    let b = control_plane().etcd(&etcd, &prefix).spawn_binary().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut registry = a.registry().await;
+    registry
+        .register_service(pb::RegisterServiceRequest {
+            name: "changing-hands".into(),
+            agent_factory_path: myagent_tests::agents::example_agent_path()
+                .display()
+                .to_string(),
+            host: "127.0.0.1".into(),
+            port: u32::from(port),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let started = registry
+        .start_service(pb::StartServiceRequest {
+            service: "changing-hands".into(),
+            wait_for_sync: 0.0,
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    assert_eq!(started.status, "running", "{started:?}");
+    let get = || pb::GetServiceRequest {
+        service: "changing-hands".into(),
+    };
+    let b_registry = b.registry().await;
+    let state = || {
+        let mut r = b_registry.clone();
+        async move {
+            let s = r.get_service(get()).await.ok()?.into_inner();
+            let pid = s.runtime.as_ref().map(|r| r.pid).unwrap_or_default();
+            let health = s.health.map(|h| h.status).unwrap_or_default();
+            Some((s.status, pid, health))
+        }
+    };
+    let (_, first, _) = state().await.expect("service");
+    assert!(first > 0);
+
+    // Freeze the leader past its lease: the other replica leads and runs the agent, healthy.
+    let a_pid = Pid::from_raw(a.pid().expect("binary") as i32);
+    kill(a_pid, Signal::SIGSTOP).unwrap();
+    let second = myagent_tests::wait::until(
+        "the new leader runs the agent",
+        Duration::from_secs(30),
+        || async {
+            match state().await {
+                Some((status, pid, health))
+                    if status == "running" && pid > 0 && pid != first && health == "healthy" =>
+                {
+                    Some(pid)
+                }
+                _ => None,
+            }
+        },
+    )
+    .await;
+    kill(a_pid, Signal::SIGCONT).unwrap();
+    assert_eventually!(
+        Duration::from_secs(10),
+        a.logs().contains("leadership ended"),
+        "the old leader notices: {}",
+        a.logs()
+    );
+    // For a while after, the service stays as the new leader has it.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let now = state().await.expect("service");
+        assert_eq!(
+            now,
+            ("running".to_string(), second, "healthy".to_string()),
+            "after the old leader resumed: {}",
+            a.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(kill(Pid::from_raw(second), None).is_ok());
+    assert!(kill(Pid::from_raw(first), None).is_err());
+    b.shutdown().await;
+    a.shutdown().await;
+}
+
 /// A `--data-dir` that cannot be a directory is a configuration error naming the flag (it was
 /// reported as an internal error of the embedded store).
 #[tokio::test]

@@ -272,19 +272,65 @@ async fn crash_is_restarted_with_backoff_then_gives_up() {
     fx.shutdown().await;
 }
 
+/// A lost term (the store silent past the election lease) keeps the agents running while no
+/// other replica leads, and the same replica's next term goes on with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn losing_leadership_stops_the_processes() {
+async fn a_lost_term_keeps_the_processes_until_another_replica_leads() {
     let fx = Fixture::start().await;
     let def = fx
         .register("lead", Some(echo_agent()), agent_port(), |_| {})
         .await;
     let pid = lifecycle::start(&fx.ctx, &def).await.unwrap().pid.unwrap();
     fx.leader.send(false).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(alive(pid), "kept while no replica leads");
+    fx.leader.send(true).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rt = fx.runtime(&def.id).await.expect("runtime");
+    assert_eq!(rt.status, ServiceStatus::Running, "{rt:?}");
+    assert_eq!(
+        rt.pid,
+        Some(pid),
+        "the next term goes on with the same process"
+    );
+    assert!(alive(pid));
+    // Still managed by the new term: a stop ends it.
+    let stopped = lifecycle::stop(&fx.ctx, &def).await.expect("stop");
+    assert_eq!(stopped.status, ServiceStatus::Stopped);
+    assert!(!alive(pid));
+    fx.shutdown().await;
+}
+
+/// Once another replica is seen leading, the kept agents are stopped (it launches its own), and
+/// leading again later starts a new process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_leadership_to_another_replica_stops_the_processes() {
+    let fx = Fixture::start().await;
+    let def = fx
+        .register("lead", Some(echo_agent()), agent_port(), |_| {})
+        .await;
+    let pid = lifecycle::start(&fx.ctx, &def).await.unwrap().pid.unwrap();
+    let other = myagent_control_plane::election::LeaderRecord {
+        replica_id: "another-replica".into(),
+        since: chrono::Utc::now(),
+        url: String::new(),
+    };
+    fx.ctx
+        .store
+        .put(
+            "election/leader",
+            myagent_control_plane::store::json::encode(&other).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    fx.leader.send(false).unwrap();
     myagent_tests::assert_eventually!(
         Duration::from_secs(10),
         !alive(pid),
-        "agent stopped after leadership loss"
+        "agent stopped once another replica leads"
     );
+    fx.ctx.store.delete("election/leader").await.unwrap();
     // Leading again: desired=running is reconciled, a new process starts.
     fx.leader.send(true).unwrap();
     let rt = myagent_tests::wait::until(

@@ -330,14 +330,14 @@ async fn run_term(
                         continue;
                     }
                     t.in_flight = true;
-                    let (def, store, logs, sup, done, permits) =
-                        (t.def.clone(), ctx.store.clone(), logs.clone(), sup.clone(), done_tx.clone(), permits.clone());
+                    let (def, store, logs, sup, done, permits, leading) =
+                        (t.def.clone(), ctx.store.clone(), logs.clone(), sup.clone(), done_tx.clone(), permits.clone(), ctx.is_leader.clone());
                     let id = id.clone();
                     let term = term.clone();
                     tokio::spawn(async move {
                         tokio::select! {
                             _ = term.cancelled() => {}
-                            _ = probe_and_record(&store, &logs, &sup, &def, &permits) => {}
+                            _ = probe_and_record(&store, &logs, &sup, &def, &permits, &leading) => {}
                         }
                         let _ = done.send(id).await;
                     });
@@ -353,6 +353,7 @@ async fn probe_and_record(
     sup: &SupervisorHandle,
     def: &ServiceDef,
     permits: &Semaphore,
+    leading: &tokio::sync::watch::Receiver<bool>,
 ) {
     let Ok(_permit) = permits.acquire().await else {
         return;
@@ -365,6 +366,11 @@ async fn probe_and_record(
         response_time_ms: out.response_time_ms,
         error: out.error,
     };
+    // A term lost during the probe (a freeze, a pause) is seen before the term's cancellation
+    // reaches this task: the result is not written over the new leader's.
+    if !*leading.borrow() {
+        return;
+    }
     match record(store, def, r).await {
         Ok(Some((st, change))) => {
             log_change(logs, def, &st, change);

@@ -24,6 +24,10 @@ use nix::sys::signal::Signal;
 const STATS_EVERY: Duration = Duration::from_secs(3);
 /// Longest wait for processes to exit when a term ends (SIGKILL after that).
 const TERM_END_GRACE: Duration = Duration::from_secs(10);
+/// Longest time agents are kept running after a term lost to a silent store (see `hold`).
+const HOLD_MAX: Duration = Duration::from_secs(120);
+/// How often a holding replica looks for another leader.
+const HOLD_LOOK_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -107,6 +111,8 @@ pub(super) struct Actor {
     pub tx: mpsc::Sender<Msg>,
     pub entries: HashMap<String, Entry>,
     pub next_gen: u64,
+    /// Timers that fell due while the agents were held; handled when the next term starts.
+    deferred: Vec<Msg>,
 }
 
 /// Runs leadership terms until shutdown.
@@ -119,6 +125,8 @@ pub(super) async fn run(
     let mut leader = ctx.is_leader.clone();
     // Launch numbers keep growing across terms so a late event of an old term never matches.
     let mut next_gen = 1u64;
+    // The agents of a term lost while the store was silent, kept for this replica's next term.
+    let mut held: Option<Actor> = None;
     loop {
         if !*leader.borrow_and_update() {
             tokio::select! {
@@ -141,18 +149,31 @@ pub(super) async fn run(
                 term.cancel();
             })
         };
-        tracing::info!(replica = %ctx.replica_id, "supervisor running (leader)");
-        let mut actor = Actor {
-            ctx: ctx.clone(),
-            logs: logs.clone(),
-            tx: tx.clone(),
-            entries: HashMap::new(),
-            next_gen,
+        let mut actor = match held.take() {
+            Some(actor) => {
+                tracing::info!(replica = %ctx.replica_id, "supervisor running (leader again, with the agents it kept)");
+                actor
+            }
+            None => {
+                tracing::info!(replica = %ctx.replica_id, "supervisor running (leader)");
+                Actor {
+                    ctx: ctx.clone(),
+                    logs: logs.clone(),
+                    tx: tx.clone(),
+                    entries: HashMap::new(),
+                    next_gen,
+                    deferred: Vec::new(),
+                }
+            }
         };
         actor.run_term(&mut rx, &term).await;
+        watcher.abort();
+        if !ctx.shutdown.is_cancelled() && actor.hold(&mut rx, &mut leader).await {
+            held = Some(actor);
+            continue;
+        }
         actor.shutdown_all(&mut rx).await;
         next_gen = actor.next_gen;
-        watcher.abort();
         tracing::info!(replica = %ctx.replica_id, "supervisor stopped");
         if ctx.shutdown.is_cancelled() {
             return;
@@ -180,6 +201,9 @@ impl Actor {
                     continue;
                 }
             };
+            for msg in std::mem::take(&mut self.deferred) {
+                self.handle(msg).await;
+            }
             let mut watch = match self.ctx.store.watch(keys::SERVICES, rev + 1).await {
                 Ok(w) => w,
                 Err(e) => {
@@ -422,12 +446,22 @@ impl Actor {
         }
     }
 
-    /// Writes `runtime/{id}` unless the service was deleted meanwhile.
+    /// Whether this replica still leads. A term ends only when the supervisor next looks at its
+    /// term token, so a replica that resumes after a freeze (or a long pause) can still be
+    /// handling an event of its old term: its runtime and health writes are skipped once
+    /// leadership is known to be lost, so they cannot overwrite the new leader's.
+    pub(super) fn leading(&self) -> bool {
+        *self.ctx.is_leader.borrow()
+    }
+
+    /// Writes `runtime/{id}` unless the service was deleted meanwhile or this replica no longer
+    /// leads.
     pub(super) async fn persist(&mut self, id: &str) {
+        let leading = self.leading();
         let Some(e) = self.entries.get_mut(id) else {
             return;
         };
-        if e.deleted {
+        if e.deleted || !leading {
             return;
         }
         e.rt.updated_at = Utc::now();
@@ -459,6 +493,96 @@ impl Actor {
             tokio::time::sleep(after).await;
             let _ = tx.send(Msg::Timer { id, epoch, kind }).await;
         });
+    }
+
+    /// After a term ended without a shutdown: keeps the agent processes running, rather than
+    /// stopping them with the term, while no other replica is seen leading — an etcd restart
+    /// or outage longer than the election lease ends the term, and stopping every agent then
+    /// dropped every client. Returns true when this replica leads again (the next term goes on
+    /// with these processes), false when the agents are to be stopped: another replica leads
+    /// (it launches its own), `HOLD_MAX` passed, shutdown, or a process was between phases.
+    /// Nothing is written to the store meanwhile; an agent that exits is launched again by the
+    /// next term.
+    async fn hold(
+        &mut self,
+        rx: &mut mpsc::Receiver<Msg>,
+        leader: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
+        let with_pid = || self.entries.values().filter(|e| e.pid.is_some());
+        if with_pid().next().is_none() || with_pid().any(|e| e.phase != Phase::Running) {
+            return false;
+        }
+        tracing::warn!(
+            replica = %self.ctx.replica_id,
+            count = with_pid().count(),
+            "leadership lost; keeping the agent processes running until a leader is known"
+        );
+        let give_up = tokio::time::sleep(HOLD_MAX);
+        tokio::pin!(give_up);
+        let mut look = tokio::time::interval(HOLD_LOOK_EVERY);
+        loop {
+            tokio::select! {
+                _ = self.ctx.shutdown.cancelled() => return false,
+                _ = &mut give_up => {
+                    tracing::warn!("no leader within the hold limit; stopping the kept agents");
+                    return false;
+                }
+                r = leader.changed() => {
+                    if r.is_err() {
+                        return false;
+                    }
+                    if *leader.borrow_and_update() {
+                        return true;
+                    }
+                }
+                _ = look.tick() => {
+                    let seen = tokio::time::timeout(
+                        HOLD_LOOK_EVERY,
+                        crate::election::current_leader(&self.ctx.store),
+                    )
+                    .await;
+                    if let Ok(Ok(Some(other))) = seen {
+                        if other != *self.ctx.replica_id {
+                            tracing::info!(leader = %other, "another replica leads; stopping the kept agents");
+                            return false;
+                        }
+                    }
+                }
+                Some(msg) = rx.recv() => match msg {
+                    Msg::Exited { id, gen, status } => self.exited_while_held(&id, gen, status),
+                    timer @ Msg::Timer { .. } => self.deferred.push(timer),
+                    other => reject(other),
+                },
+            }
+        }
+    }
+
+    fn exited_while_held(
+        &mut self,
+        id: &str,
+        gen: u64,
+        status: std::result::Result<std::process::ExitStatus, String>,
+    ) {
+        let Some(e) = self.entries.get_mut(id) else {
+            return;
+        };
+        if e.gen != gen {
+            return;
+        }
+        let Some(pid) = e.pid.take() else {
+            return;
+        };
+        signal_group(pid, Signal::SIGKILL);
+        e.set_phase(Phase::Idle);
+        e.rt.pid = None;
+        e.rt.last_exit_code = status.as_ref().ok().map(super::process::exit_code);
+        e.rt.last_exit_at = Some(Utc::now());
+        self.logs.manager(
+            id,
+            &e.def.name,
+            crate::logs::Level::Error,
+            "process exited while no replica led; it starts again with the next term",
+        );
     }
 
     /// End of a term (leadership lost or shutdown): SIGTERM every process group this replica

@@ -392,7 +392,7 @@ impl Actor {
         let Some(e) = self.entries.get(id) else {
             return;
         };
-        if e.deleted {
+        if e.deleted || !self.leading() {
             return;
         }
         let def = e.def.clone();
