@@ -110,6 +110,40 @@ fn validate(cli: &Cli) -> Result<()> {
             )));
         }
     }
+    let positive = [
+        ("--max-frame-bytes", cli.max_frame_bytes),
+        ("--max-message-bytes", cli.max_message_bytes),
+        ("--max-agent-frame-bytes", cli.max_agent_frame_bytes),
+        ("--max-agent-message-bytes", cli.max_agent_message_bytes),
+        ("--max-connections", cli.max_connections),
+        ("--client-buffer-frames", cli.client_buffer_frames),
+        ("--client-buffer-bytes", cli.client_buffer_bytes),
+    ];
+    if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
+        return Err(Error::InvalidConfig(format!("{flag}: must be above 0")));
+    }
+    // A message is one frame or more: a frame limit above the message limit would raise the
+    // message limit with it, unsaid.
+    for (frame_flag, frame, message_flag, message) in [
+        (
+            "--max-frame-bytes",
+            cli.max_frame_bytes,
+            "--max-message-bytes",
+            cli.max_message_bytes,
+        ),
+        (
+            "--max-agent-frame-bytes",
+            cli.max_agent_frame_bytes,
+            "--max-agent-message-bytes",
+            cli.max_agent_message_bytes,
+        ),
+    ] {
+        if frame > message {
+            return Err(Error::InvalidConfig(format!(
+                "{frame_flag} ({frame}) is above {message_flag} ({message}): raise {message_flag} too"
+            )));
+        }
+    }
     if cli.worker_threads > MAX_WORKER_THREADS {
         return Err(Error::InvalidConfig(format!(
             "--worker-threads: at most {MAX_WORKER_THREADS} (0 = one per CPU)"
@@ -192,18 +226,6 @@ pub async fn bind(cli: Cli) -> Result<Bound> {
     if cli.control_plane.iter().all(|u| u.trim().is_empty()) {
         return Err(Error::InvalidConfig(
             "--control-plane: at least one URL is required".into(),
-        ));
-    }
-    if cli.max_frame_bytes == 0
-        || cli.max_message_bytes == 0
-        || cli.max_agent_frame_bytes == 0
-        || cli.max_agent_message_bytes == 0
-        || cli.max_connections == 0
-    {
-        return Err(Error::InvalidConfig(
-            "--max-frame-bytes, --max-message-bytes, --max-agent-frame-bytes, \
-             --max-agent-message-bytes and --max-connections must be > 0"
-                .into(),
         ));
     }
     if cli.report_interval < Duration::from_millis(10) {

@@ -271,6 +271,23 @@ async fn bad_flag_values_fail_at_bind_with_the_flag_named() {
             "--max-agent-frame-bytes",
             Box::new(|c| c.max_agent_frame_bytes = 0),
         ),
+        (
+            "--client-buffer-frames",
+            Box::new(|c| c.client_buffer_frames = 0),
+        ),
+        ("--max-connections", Box::new(|c| c.max_connections = 0)),
+        // A frame limit above the message limit used to raise the message limit silently.
+        (
+            "--max-frame-bytes (8388608) is above --max-message-bytes (4194304)",
+            Box::new(|c| c.max_frame_bytes = 8 << 20),
+        ),
+        (
+            "--max-agent-frame-bytes (2048) is above --max-agent-message-bytes (1024)",
+            Box::new(|c| {
+                c.max_agent_frame_bytes = 2048;
+                c.max_agent_message_bytes = 1024;
+            }),
+        ),
     ];
     for (flag, tweak) in cases {
         let dir = tempfile::tempdir().unwrap();
