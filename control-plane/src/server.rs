@@ -416,18 +416,18 @@ fn spawn_background(ctx: &Context, settings: &Settings, logs: &LogHub, tracker: 
     crate::stats::spawn(ctx, &settings.stats, tracker);
 }
 
-/// Server reflection (v1 and v1alpha) over our descriptors and grpc.health.v1's.
+/// Server reflection (v1 and v1alpha) over our descriptors, grpc.health.v1's, and the
+/// `google.rpc` error details our errors carry (`ErrorInfo`, `BadRequest`, ...), so a client
+/// that decodes a status's details by reflection finds their types.
 fn add_reflection(routes: &mut RoutesBuilder) -> Result<()> {
-    let v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(Error::internal)?;
-    let v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
-        .map_err(Error::internal)?;
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = builder().build_v1().map_err(Error::internal)?;
+    let v1alpha = builder().build_v1alpha().map_err(Error::internal)?;
     routes.add_service(v1);
     routes.add_service(v1alpha);
     Ok(())

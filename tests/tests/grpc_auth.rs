@@ -90,6 +90,28 @@ async fn tokens_are_required_except_for_health_and_reflection() {
         );
     }
 
+    // The error details our statuses carry resolve by reflection (a client such as grpcurl
+    // decodes them that way).
+    for symbol in ["google.rpc.ErrorInfo", "google.rpc.BadRequest"] {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+        };
+        let mut stream = reflection
+            .server_reflection_info(futures::stream::iter([request]))
+            .await
+            .expect("reflection is open")
+            .into_inner();
+        let response = stream.message().await.unwrap().expect("one response");
+        assert!(
+            matches!(
+                response.message_response,
+                Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()
+            ),
+            "{symbol}: {response:?}"
+        );
+    }
+
     // The rejected secret never reaches the logs, though the rejection does.
     let logs = cp.logs();
     assert!(
