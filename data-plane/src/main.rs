@@ -2,7 +2,14 @@ use clap::Parser;
 use std::io::IsTerminal;
 
 fn main() -> std::process::ExitCode {
-    let cli = myagent_data_plane::Cli::parse();
+    let cli = match myagent_data_plane::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Usage errors are configuration errors: 64 (EX_USAGE), as for the other servers.
+            let _ = e.print();
+            return std::process::ExitCode::from(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let sub = tracing_subscriber::fmt()
@@ -25,9 +32,12 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "myagent-proxy failed");
             let code = match e {
-                myagent_data_plane::Error::InvalidConfig(_) | myagent_data_plane::Error::Tls(_) => {
-                    64
-                }
+                // The configuration cannot be used: flags, TLS files, a listen address taken
+                // or not ours, a data dir that cannot be made.
+                myagent_data_plane::Error::InvalidConfig(_)
+                | myagent_data_plane::Error::Tls(_)
+                | myagent_data_plane::Error::Bind { .. }
+                | myagent_data_plane::Error::DataDir { .. } => 64,
                 _ => 1,
             };
             std::process::ExitCode::from(code)

@@ -92,7 +92,7 @@ pub struct Cli {
     pub log_format: LogFormat,
 
     /// Log filter (tracing env-filter syntax), e.g. `info` or `myagent_gateway=debug`.
-    #[arg(long, env = "MYAGENT_LOG", default_value = "info")]
+    #[arg(long, env = "MYAGENT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 }
 

@@ -7,7 +7,14 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = myagent_gateway::Cli::parse();
+    let cli = match myagent_gateway::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Usage errors are configuration errors: 64 (EX_USAGE), as for the other servers.
+            let _ = e.print();
+            return std::process::ExitCode::from(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
     myagent_gateway::telemetry::init(cli.log_format, &cli.log_level);
     match run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -16,9 +23,9 @@ async fn main() -> std::process::ExitCode {
             eprintln!("myagent-gateway: {e}");
             // 64 = EX_USAGE for configuration errors (STYLE 2).
             match e {
-                myagent_gateway::Error::Config(_) | myagent_gateway::Error::Tls(_) => {
-                    std::process::ExitCode::from(64)
-                }
+                myagent_gateway::Error::Config(_)
+                | myagent_gateway::Error::Tls(_)
+                | myagent_gateway::Error::Bind { .. } => std::process::ExitCode::from(64),
                 _ => std::process::ExitCode::FAILURE,
             }
         }

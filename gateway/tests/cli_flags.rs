@@ -30,19 +30,37 @@ fn help_lists_every_flag_and_env_twin() {
 }
 
 #[test]
-fn unknown_flag_fails() {
+fn unknown_flag_is_a_usage_error() {
     let out = bin().arg("--no-such-flag").output().expect("run");
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
 }
 
 #[test]
-fn bad_listen_address_fails() {
+fn bad_listen_address_is_a_usage_error() {
     let out = bin()
         .args(["--listen", "not-an-address"])
         .output()
         .expect("run");
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+}
+
+#[test]
+fn a_listen_address_in_use_is_a_configuration_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = bin().args(["--listen", &addr]).output().expect("run");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+}
+
+#[test]
+fn every_flag_reads_its_env_twin() {
+    let out = bin()
+        .args(["--listen", "127.0.0.1:0"])
+        .env("MYAGENT_LOG_LEVEL", "garbage[[[")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
 }
 
 #[test]

@@ -14,6 +14,14 @@ async fn connections_disconnect_and_notifications_shapes() {
     let (s, b) = json(c.get(gw.api("/connections?status=active&limit=20"))).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b, json!({"connections": [], "total": 0}));
+    // `all` is both statuses, as the CLI's `connections --status all`.
+    let (s, b) = json(c.get(gw.api("/connections?status=all"))).await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = json(c.get(gw.api("/connections?status=gone"))).await;
+    assert_eq!(
+        assert_error(s, &b, 400, "INVALID_REQUEST")["field"],
+        "status"
+    );
     for bad in ["many", "0"] {
         let (s, b) = json(c.get(gw.api(&format!("/connections?limit={bad}")))).await;
         assert_eq!(

@@ -14,7 +14,7 @@ pub const MAX_LIMIT: u32 = 10_000;
 pub struct ConnectionFilter {
     /// Service id or name; empty = all.
     pub service: String,
-    /// `active` | `closed` | empty = all.
+    /// `active` | `closed` | `all` or empty = both.
     pub status: String,
     /// 0 = default (100).
     pub limit: u32,
@@ -23,13 +23,13 @@ pub struct ConnectionFilter {
 
 pub fn list(hub: &Hub, filter: &ConnectionFilter) -> Result<(Vec<ConnectionRecord>, u64)> {
     let status = match filter.status.as_str() {
-        "" => None,
+        "" | "all" => None,
         "active" => Some(ConnectionStatus::Active),
         "closed" => Some(ConnectionStatus::Closed),
         other => {
             return Err(Error::invalid(
                 "status",
-                format!("status must be 'active' or 'closed', got '{other}'"),
+                format!("status must be 'active', 'closed' or 'all', got '{other}'"),
             ))
         }
     };

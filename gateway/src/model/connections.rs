@@ -11,7 +11,7 @@ use crate::convert::ts;
 pub struct ListConnectionsQuery {
     /// Service id or name.
     pub service_id: Option<String>,
-    /// active | closed
+    /// active | closed | all (the default: both)
     pub status: Option<String>,
     /// Default 100, max 10000.
     #[serde(default, deserialize_with = "super::page_limit")]
