@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::context::Term;
 use crate::error::{Error, Result};
 use crate::keys::ELECTION_LEADER;
 use crate::store::{json, Compare, LeaseId, Revision, StoreRef, Txn, TxnOp, WatchEvent};
@@ -86,7 +87,7 @@ pub fn spawn_advertising(
     shutdown: CancellationToken,
 ) -> (watch::Receiver<bool>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(false);
-    let task = spawn_into(store, replica_id, url, ttl, shutdown, tx);
+    let task = spawn_into(store, replica_id, url, ttl, shutdown, tx, Term::default());
     (rx, task)
 }
 
@@ -100,6 +101,7 @@ pub fn spawn_into(
     ttl: Duration,
     shutdown: CancellationToken,
     is_leader: watch::Sender<bool>,
+    term: Term,
 ) -> JoinHandle<()> {
     let elector = Elector {
         store,
@@ -108,6 +110,7 @@ pub fn spawn_into(
         ttl,
         shutdown,
         is_leader,
+        term,
     };
     tokio::spawn(elector.run())
 }
@@ -119,6 +122,7 @@ struct Elector {
     ttl: Duration,
     shutdown: CancellationToken,
     is_leader: watch::Sender<bool>,
+    term: Term,
 }
 
 /// Outcome of one campaign.
@@ -137,6 +141,7 @@ impl Elector {
             match self.campaign().await {
                 Ok(Campaign::Won(lease, revision, granted)) => {
                     tracing::info!(replica = %self.replica_id, lease, "became leader");
+                    self.term.won_at(revision);
                     self.is_leader.send_replace(true);
                     self.lead(lease, revision, granted).await;
                     self.is_leader.send_replace(false);

@@ -99,6 +99,7 @@ pub async fn bind(cli: Cli) -> Result<Bound> {
         replica_id: Arc::from(settings.replica_id.as_str()),
         data_dir: settings.data_dir.clone(),
         is_leader,
+        term: Default::default(),
         shutdown: CancellationToken::new(),
         metrics,
     };
@@ -344,6 +345,7 @@ fn start_election(
         election::DEFAULT_TTL,
         stop,
         leader_tx,
+        ctx.term.clone(),
     )
 }
 

@@ -301,6 +301,66 @@ async fn a_lost_term_keeps_the_processes_until_another_replica_leads() {
     fx.shutdown().await;
 }
 
+/// A replica that still believes it leads, after another replica has won the election key,
+/// writes no runtime or health: its writes are fenced by the revision of its term in the store
+/// (a frozen leader resuming handled its agent's death before it learned its term had ended,
+/// and wrote the service unhealthy over the new leader's state).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_an_ended_term_are_fenced_in_the_store() {
+    use myagent_control_plane::keys;
+    use myagent_control_plane::model::HealthState;
+    use myagent_control_plane::store::json;
+    let fx = Fixture::start().await;
+    let record = |who: &str| {
+        json::encode(&myagent_control_plane::election::LeaderRecord {
+            replica_id: who.into(),
+            since: chrono::Utc::now(),
+            url: String::new(),
+        })
+        .unwrap()
+    };
+    let won = fx
+        .ctx
+        .store
+        .put("election/leader", record("this-replica"), None)
+        .await
+        .unwrap();
+    fx.ctx.term.won_at(won);
+    let def = fx
+        .register("fenced", Some(echo_agent()), agent_port(), |_| {})
+        .await;
+    let pid = lifecycle::start(&fx.ctx, &def).await.unwrap().pid.unwrap();
+    let health = || async {
+        json::get::<HealthState>(&fx.ctx.store, &keys::health(&def.id))
+            .await
+            .unwrap()
+            .map(|(h, _)| h.status)
+    };
+    let before = health().await;
+    assert_eq!(
+        before,
+        Some(myagent_control_plane::model::HealthStatus::Healthy)
+    );
+
+    // Another replica wins; this one has not heard yet, and its agent dies.
+    fx.ctx
+        .store
+        .put("election/leader", record("another-replica"), None)
+        .await
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rt = fx.runtime(&def.id).await.expect("runtime");
+    assert_eq!(rt.pid, Some(pid), "runtime untouched: {rt:?}");
+    assert_eq!(rt.status, ServiceStatus::Running, "{rt:?}");
+    assert_eq!(health().await, before, "health untouched");
+    fx.shutdown().await;
+}
+
 /// Once another replica is seen leading, the kept agents are stopped (it launches its own), and
 /// leading again later starts a new process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,10 +31,12 @@ pub use state::{Change, CheckResult};
 const MAX_CONCURRENT_PROBES: usize = 64;
 const TICK: Duration = Duration::from_millis(200);
 
-/// Read-modify-write of `health/{id}` with compare-and-swap; `None` when the service is gone.
+/// Read-modify-write of `health/{id}` with compare-and-swap; `None` when the service is gone,
+/// or when `fence` (a leader-only write's term, `Context::term`) no longer holds.
 pub async fn update(
     store: &StoreRef,
     service_id: &str,
+    fence: Option<Compare>,
     f: impl Fn(&mut HealthState) -> Change,
 ) -> Result<Option<(HealthState, Change)>> {
     let key = keys::health(service_id);
@@ -44,11 +46,13 @@ pub async fn update(
             None => (HealthState::default(), 0),
         };
         let change = f(&mut st);
+        let mut compares = vec![
+            Compare::ModRevision(key.clone(), rev),
+            Compare::Exists(keys::service(service_id)),
+        ];
+        compares.extend(fence.clone());
         let txn = Txn {
-            compares: vec![
-                Compare::ModRevision(key.clone(), rev),
-                Compare::Exists(keys::service(service_id)),
-            ],
+            compares,
             success: vec![TxnOp::put(key.clone(), json::encode(&st)?)],
             failure: vec![],
         };
@@ -57,6 +61,11 @@ pub async fn update(
         }
         if store.get(&keys::service(service_id)).await?.is_none() {
             return Ok(None);
+        }
+        if let Some(Compare::ModRevision(k, term)) = &fence {
+            if store.get(k).await?.map(|kv| kv.mod_revision) != Some(*term) {
+                return Ok(None);
+            }
         }
     }
     Err(Error::internal(format!(
@@ -69,9 +78,10 @@ pub async fn record(
     store: &StoreRef,
     def: &ServiceDef,
     r: CheckResult,
+    fence: Option<Compare>,
 ) -> Result<Option<(HealthState, Change)>> {
     let cfg = def.config.clone();
-    update(store, &def.id, move |s| state::apply(s, &cfg, &r)).await
+    update(store, &def.id, fence, move |s| state::apply(s, &cfg, &r)).await
 }
 
 /// Sets the status from outside the probe cycle (start-up handshake passed, process gone).
@@ -82,9 +92,10 @@ pub async fn force(
     response_time_ms: f64,
     message: &str,
     flapping: Option<bool>,
+    fence: Option<Compare>,
 ) -> Result<Option<(HealthState, Change)>> {
     let at = Utc::now();
-    update(store, service_id, move |s| {
+    update(store, service_id, fence, move |s| {
         let mut ch = state::force(s, status, at, response_time_ms, message);
         if let Some(f) = flapping {
             ch.flapping_changed |= s.flapping != f;
@@ -110,7 +121,7 @@ pub async fn report_passive_failure(ctx: &Context, service_id: &str, error: &str
         response_time_ms: 0.0,
         error: format!("passive: {error}"),
     };
-    record(&ctx.store, &def, r).await.map(|_| ())
+    record(&ctx.store, &def, r, None).await.map(|_| ())
 }
 
 /// Probes `def` now (from this replica) and records the result: the manual check. Its verdict
@@ -133,7 +144,7 @@ pub async fn check_now(
     let mut cfg = def.config.clone();
     cfg.healthy_threshold = 1;
     cfg.unhealthy_threshold = 1;
-    match update(store, &def.id, move |s| state::apply(s, &cfg, &r)).await? {
+    match update(store, &def.id, None, move |s| state::apply(s, &cfg, &r)).await? {
         Some((st, change)) => {
             if let Some(l) = logs {
                 log_change(l, def, &st, change);
@@ -330,14 +341,15 @@ async fn run_term(
                         continue;
                     }
                     t.in_flight = true;
-                    let (def, store, logs, sup, done, permits, leading) =
-                        (t.def.clone(), ctx.store.clone(), logs.clone(), sup.clone(), done_tx.clone(), permits.clone(), ctx.is_leader.clone());
+                    let (def, store, logs, sup, done, permits) =
+                        (t.def.clone(), ctx.store.clone(), logs.clone(), sup.clone(), done_tx.clone(), permits.clone());
+                    let leader = (ctx.is_leader.clone(), ctx.term.fence());
                     let id = id.clone();
                     let term = term.clone();
                     tokio::spawn(async move {
                         tokio::select! {
                             _ = term.cancelled() => {}
-                            _ = probe_and_record(&store, &logs, &sup, &def, &permits, &leading) => {}
+                            _ = probe_and_record(&store, &logs, &sup, &def, &permits, leader) => {}
                         }
                         let _ = done.send(id).await;
                     });
@@ -353,7 +365,7 @@ async fn probe_and_record(
     sup: &SupervisorHandle,
     def: &ServiceDef,
     permits: &Semaphore,
-    leading: &tokio::sync::watch::Receiver<bool>,
+    (leading, fence): (tokio::sync::watch::Receiver<bool>, Option<Compare>),
 ) {
     let Ok(_permit) = permits.acquire().await else {
         return;
@@ -366,12 +378,12 @@ async fn probe_and_record(
         response_time_ms: out.response_time_ms,
         error: out.error,
     };
-    // A term lost during the probe (a freeze, a pause) is seen before the term's cancellation
-    // reaches this task: the result is not written over the new leader's.
+    // A term lost during the probe (a freeze, a pause) may not have reached this task: the
+    // result is not written over the new leader's (checked here, and fenced in the store).
     if !*leading.borrow() {
         return;
     }
-    match record(store, def, r).await {
+    match record(store, def, r, fence).await {
         Ok(Some((st, change))) => {
             log_change(logs, def, &st, change);
             if change.transitioned()

@@ -30,6 +30,7 @@ fn fixture() -> Fixture {
         replica_id: Arc::from("cp-test"),
         data_dir: dir.path().to_path_buf(),
         is_leader: rx,
+        term: Default::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
         metrics: crate::metrics::Metrics::new().unwrap(),
     };

@@ -446,10 +446,10 @@ impl Actor {
         }
     }
 
-    /// Whether this replica still leads. A term ends only when the supervisor next looks at its
-    /// term token, so a replica that resumes after a freeze (or a long pause) can still be
-    /// handling an event of its old term: its runtime and health writes are skipped once
-    /// leadership is known to be lost, so they cannot overwrite the new leader's.
+    /// Whether this replica still leads, as far as it knows: a replica that resumes after a
+    /// freeze (or a long pause) can still be handling an event of its old term. Its runtime and
+    /// health writes are skipped once the loss is known here, and fenced in the store
+    /// (`Context::term`) before that.
     pub(super) fn leading(&self) -> bool {
         *self.ctx.is_leader.borrow()
     }
@@ -473,13 +473,22 @@ impl Actor {
                 return;
             }
         };
+        let mut compares = vec![Compare::Exists(keys::service(id))];
+        compares.extend(self.ctx.term.fence());
         let txn = Txn {
-            compares: vec![Compare::Exists(keys::service(id))],
+            compares,
             success: vec![TxnOp::put(keys::runtime(id), value)],
             failure: vec![],
         };
-        if let Err(err) = self.ctx.store.txn(txn).await {
-            tracing::warn!(service_id = id, error = %err, "cannot write runtime");
+        match self.ctx.store.txn(txn).await {
+            Ok(r) if !r.succeeded => {
+                tracing::debug!(
+                    service_id = id,
+                    "runtime not written: deleted, or the term ended"
+                )
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(service_id = id, error = %err, "cannot write runtime"),
         }
     }
 

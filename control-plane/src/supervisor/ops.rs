@@ -396,7 +396,8 @@ impl Actor {
             return;
         }
         let def = e.def.clone();
-        match health::force(&self.ctx.store, id, status, ms, msg, flapping).await {
+        let fence = self.ctx.term.fence();
+        match health::force(&self.ctx.store, id, status, ms, msg, flapping, fence).await {
             Ok(Some((st, change))) => health::log_change(&self.logs, &def, &st, change),
             Ok(None) => {}
             Err(err) => tracing::warn!(service_id = id, error = %err, "cannot write health"),

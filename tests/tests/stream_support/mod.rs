@@ -79,6 +79,7 @@ impl Replica {
             replica_id: Arc::from(format!("cp-{}", &uuid::Uuid::new_v4().to_string()[..8])),
             data_dir: dir.path().to_path_buf(),
             is_leader: leader_rx,
+            term: Default::default(),
             shutdown: shutdown.clone(),
             metrics: myagent_control_plane::metrics::Metrics::new().unwrap(),
         };

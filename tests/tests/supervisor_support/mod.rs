@@ -56,6 +56,7 @@ impl Fixture {
             replica_id: Arc::from("replica-test"),
             data_dir: tmp.path().to_path_buf(),
             is_leader,
+            term: Default::default(),
             shutdown: CancellationToken::new(),
             metrics: myagent_control_plane::metrics::Metrics::new().unwrap(),
         };
