@@ -407,6 +407,53 @@ async fn losing_leadership_to_another_replica_stops_the_processes() {
     fx.shutdown().await;
 }
 
+/// A new term relaunches what ran under the previous one as an automatic restart: a launch that
+/// fails (here the port is still held for a moment, as by a leftover that is still exiting) is
+/// retried by the restart policy. It used to end in `error` with nothing running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_launch_that_fails_is_retried() {
+    let fx = Fixture::start().await;
+    let port = agent_port();
+    let def = fx
+        .register("taken-over", Some(echo_agent()), port, |_| {})
+        .await;
+    let pid = lifecycle::start(&fx.ctx, &def).await.unwrap().pid.unwrap();
+    let other = myagent_control_plane::election::LeaderRecord {
+        replica_id: "another-replica".into(),
+        since: chrono::Utc::now(),
+        url: String::new(),
+    };
+    fx.ctx
+        .store
+        .put(
+            "election/leader",
+            myagent_control_plane::store::json::encode(&other).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    fx.leader.send(false).unwrap();
+    myagent_tests::assert_eventually!(Duration::from_secs(10), !alive(pid), "stopped");
+    // The term this replica takes over next finds the port taken for a moment.
+    let holder = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    fx.ctx.store.delete("election/leader").await.unwrap();
+    fx.leader.send(true).unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    drop(holder);
+    let rt = myagent_tests::wait::until(
+        "relaunched once the port is free",
+        Duration::from_secs(15),
+        || async {
+            fx.runtime(&def.id)
+                .await
+                .filter(|r| r.status == ServiceStatus::Running && r.pid.is_some_and(|p| p != pid))
+        },
+    )
+    .await;
+    assert!(alive(rt.pid.unwrap()));
+    fx.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_honours_grace_and_process_stats_are_sampled() {
     let fx = Fixture::start().await;

@@ -370,7 +370,17 @@ impl Actor {
                 match e.phase {
                     Phase::Idle => {
                         if !e.hold && e.rt.status != ServiceStatus::Error {
-                            self.launch(id, StartReason::Operator).await;
+                            // It ran under an earlier term (a leader change): launching it
+                            // again is the system's doing, so a failure is retried by the
+                            // restart policy, as any automatic restart, instead of ending in
+                            // `error` (a leftover still holding the port, say).
+                            let reason = match e.rt.status {
+                                ServiceStatus::Running | ServiceStatus::Starting => {
+                                    StartReason::Auto
+                                }
+                                _ => StartReason::Operator,
+                            };
+                            self.launch(id, reason).await;
                         }
                     }
                     Phase::Grace | Phase::Draining | Phase::Stopping => {

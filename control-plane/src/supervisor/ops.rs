@@ -177,6 +177,8 @@ impl Actor {
         e.set_phase(Phase::Starting);
         e.rt.status = ServiceStatus::Starting;
         e.rt.pid = Some(pid);
+        // Set when this process passes its start-up check; not the previous run's.
+        e.rt.started_at = None;
         e.rt.command = spec.command_line();
         e.rt.next_restart_in_seconds = 0.0;
         let cancel = CancellationToken::new();

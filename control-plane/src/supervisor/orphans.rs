@@ -85,9 +85,15 @@ fn stat(pid: i32) -> Option<(char, i32)> {
     Some((state, pgid))
 }
 
-/// Whether `pid` still runs (a zombie has released its files and ports).
+/// Whether `pid` still runs. A killed multi-threaded process shows its main thread as a zombie
+/// while its other threads are still exiting, and those hold its files (a listening port
+/// included) until they are gone: it counts as gone once the zombie is alone.
 pub fn alive(pid: i32) -> bool {
-    stat(pid).is_some_and(|(s, _)| s != 'Z' && s != 'X')
+    match stat(pid) {
+        None => false,
+        Some((s, _)) if s != 'Z' && s != 'X' => true,
+        Some(_) => std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|d| d.count() > 1),
+    }
 }
 
 /// SIGKILLs each leftover's process group (the rest of the group goes too: it is the same
@@ -127,6 +133,53 @@ pub async fn wait_gone(found: &[Leftover], timeout: Duration) -> bool {
 mod tests {
     use super::*;
     use std::process::{Command, Stdio};
+
+    /// A SIGKILLed process whose other threads outlive its main thread for a moment, holding a
+    /// listening socket: it is gone for `alive` only once the port is free. Its main thread
+    /// became a zombie first and the port was found still taken (python agents have threads).
+    #[tokio::test]
+    async fn a_killed_process_is_gone_only_when_its_port_is_free() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let script = format!(
+            "import socket, threading, time\n\
+             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('127.0.0.1', {port})); s.listen()\n\
+             for _ in range(8): threading.Thread(target=time.sleep, args=(300,), daemon=True).start()\n\
+             print('ready', flush=True)\n\
+             time.sleep(300)\n"
+        );
+        for _ in 0..10 {
+            let mut child = Command::new("python3")
+                .args(["-c", &script])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+                &mut line,
+            )
+            .unwrap();
+            assert_eq!(line.trim(), "ready");
+            let pid = child.id() as i32;
+            kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+            // Not reaped (as for a leftover of another parent): the main thread stays a zombie.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while alive(pid) {
+                assert!(Instant::now() < deadline, "pid {pid} still alive");
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            assert!(
+                !super::super::port::listening("127.0.0.1", port),
+                "gone, yet the port is still taken"
+            );
+            let _ = child.wait();
+        }
+    }
 
     #[tokio::test]
     async fn finds_and_kills_processes_of_the_service_only() {
