@@ -11,6 +11,9 @@ use myagent_proto::v1 as pb;
 use tonic::metadata::MetadataValue;
 use tonic::transport::channel::Change;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
 
 use crate::config::Cli;
 use crate::error::{ApiError, Error, Result};
@@ -110,21 +113,29 @@ impl Upstream {
     }
 }
 
-/// How often the replicas' listeners are probed, and how long a probe may take.
+/// How often the replicas are probed, and how long a probe may take.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// Keeps the balancer to the replicas that accept connections (always at least one, so calls
-/// fail fast rather than wait for a replica). Ends with the channel.
+/// Keeps the balancer to the replicas that answer (always at least one, so calls fail fast
+/// rather than wait for a replica). A replica answers when its gRPC health (`grpc.health.v1`,
+/// open without a token) says SERVING within the probe timeout: a stopped replica refuses the
+/// connection, but a hung one (frozen, overloaded) accepts it and answers nothing, and calls
+/// sent to it waited out the request timeout. One that cannot reach the store says NOT_SERVING
+/// and leaves too while another replica is live. Ends with the channel.
 async fn eject_dead_replicas(
     endpoints: Vec<Endpoint>,
     tx: tokio::sync::mpsc::Sender<Change<usize, Endpoint>>,
 ) {
+    let probes: Vec<HealthClient<Channel>> = endpoints
+        .iter()
+        .map(|ep| HealthClient::new(ep.clone().timeout(PROBE_TIMEOUT).connect_lazy()))
+        .collect();
     let mut live = vec![true; endpoints.len()];
     loop {
         tokio::time::sleep(PROBE_EVERY).await;
         for (i, ep) in endpoints.iter().enumerate() {
-            let up = accepts_connections(ep.uri()).await;
+            let up = serving(probes[i].clone()).await;
             let others_live = live.iter().enumerate().any(|(j, l)| j != i && *l);
             let change = match (live[i], up) {
                 (false, true) => Change::Insert(i, ep.clone()),
@@ -134,7 +145,7 @@ async fn eject_dead_replicas(
             if up {
                 tracing::info!(control_plane = %ep.uri(), "control-plane replica back in the balancer");
             } else {
-                tracing::warn!(control_plane = %ep.uri(), "control-plane replica unreachable: out of the balancer");
+                tracing::warn!(control_plane = %ep.uri(), "control-plane replica not answering: out of the balancer");
             }
             if tx.send(change).await.is_err() {
                 return;
@@ -144,21 +155,13 @@ async fn eject_dead_replicas(
     }
 }
 
-async fn accepts_connections(uri: &http::Uri) -> bool {
-    let Some(host) = uri.host() else {
-        return true;
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = uri
-        .port_u16()
-        .unwrap_or(if uri.scheme_str() == Some("https") {
-            443
-        } else {
-            80
-        });
+async fn serving(mut probe: HealthClient<Channel>) -> bool {
+    let check = probe.check(HealthCheckRequest {
+        service: String::new(),
+    });
     matches!(
-        tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await,
-        Ok(Ok(_))
+        tokio::time::timeout(PROBE_TIMEOUT, check).await,
+        Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32
     )
 }
 

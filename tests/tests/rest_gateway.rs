@@ -173,3 +173,54 @@ async fn a_dead_replica_leaves_the_balancer() {
     );
     a.shutdown().await;
 }
+
+/// A replica that hangs (frozen: it accepts connections and answers nothing) leaves the
+/// balancer too: the probe is a gRPC health check, not a TCP connect, which a hung replica
+/// passes. Calls sent to it waited out the request timeout, then answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_replica_leaves_the_balancer() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let etcd = Etcd::shared();
+    let prefix = myagent_tests::control_plane::unique_prefix("gw-hung");
+    let a = control_plane().etcd(&etcd, &prefix).spawn().await;
+    let b = control_plane().etcd(&etcd, &prefix).spawn_binary().await;
+    let gw = gateway()
+        .control_plane(a.grpc_url())
+        .control_plane(b.grpc_url())
+        .arg("--request-timeout")
+        .arg("3")
+        .spawn()
+        .await;
+    let c = client();
+    for _ in 0..10 {
+        let (s, b) = json(c.get(gw.api("/services"))).await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let b_pid = Pid::from_raw(b.pid().expect("binary") as i32);
+    kill(b_pid, Signal::SIGSTOP).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut in_a_row = 0;
+    while in_a_row < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "calls still fail 15 s after a replica hung"
+        );
+        let (s, _) = json(c.get(gw.api("/services"))).await;
+        in_a_row = if s == 200 { in_a_row + 1 } else { 0 };
+    }
+    let mut failed = Vec::new();
+    for i in 0..30 {
+        let (s, b) = json(c.get(gw.api("/services"))).await;
+        if s != 200 {
+            failed.push((i, s, b));
+        }
+    }
+    kill(b_pid, Signal::SIGCONT).unwrap();
+    assert!(
+        failed.is_empty(),
+        "calls failed with one replica hung: {failed:?}"
+    );
+    b.shutdown().await;
+    a.shutdown().await;
+}
