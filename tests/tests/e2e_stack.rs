@@ -258,3 +258,77 @@ async fn writes_that_wait_for_sync_answer_with_the_synced_status() {
         check(what, updated.sync);
     }
 }
+
+/// The only instance of a managed service crashes (SIGKILL) and its supervisor restarts it: the
+/// client's connection waits for it and goes on with the restarted agent, same session, the
+/// message sent meanwhile answered. It used to end with `ROUTING_FAILED` and a 1011 close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_only_agent_restarted_by_its_supervisor_keeps_the_connection() {
+    let cp = control_plane().spawn().await;
+    let proxy = spawn_proxy(&[cp.grpc_url()], |_| {}).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut registry = cp.registry().await;
+    registry
+        .register_service(pb::RegisterServiceRequest {
+            name: "only-one".into(),
+            agent_factory_path: myagent_tests::agents::example_agent_path()
+                .display()
+                .to_string(),
+            host: "127.0.0.1".into(),
+            port: u32::from(port),
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+    registry
+        .start_service(pb::StartServiceRequest {
+            service: "only-one".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("start");
+    let pid = registry
+        .get_service(pb::GetServiceRequest {
+            service: "only-one".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime
+        .map(|r| r.pid)
+        .unwrap_or_default();
+    assert!(pid > 0);
+
+    let (mut ws, data) = routed_eventually(proxy.ws_url("service=only-one")).await;
+    let session = data["session_id"].as_str().unwrap().to_string();
+    send_text(&mut ws, r#"{"n":1}"#).await;
+    let echo = next_json(&mut ws).await;
+    assert_eq!(echo["original_message"]["n"], 1, "{echo}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    send_text(&mut ws, r#"{"n":2}"#).await;
+    let switched = next_json(&mut ws).await;
+    assert_eq!(switched["event"], "service_switched", "{switched}");
+    assert_eq!(switched["data"]["from_service"], "only-one");
+    assert_eq!(switched["data"]["to_service"], "only-one");
+    assert_eq!(switched["data"]["session_id"], session.as_str());
+    let echo = next_json(&mut ws).await;
+    assert_eq!(echo["original_message"]["n"], 2, "{echo}");
+    assert_eq!(echo["proxy_metadata"]["session_id"], session.as_str());
+    let now = registry
+        .get_service(pb::GetServiceRequest {
+            service: "only-one".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(now.runtime.map(|r| r.pid), Some(pid), "a new process");
+}

@@ -230,25 +230,101 @@ async fn draining_and_stopped_reasons() {
     assert_eq!(ev["data"]["to_service"], now.as_str());
 }
 
+/// The only service's agent goes away unexpectedly. The switch waits (bounded) for the config
+/// to show the service again — an automatic restart, a new leader relaunching it — and the
+/// session goes on with it; it ends at once when the config says the service failed or
+/// stopped; and an agent that drops every connection without answering is given up on.
 #[tokio::test]
-async fn no_candidate_relays_the_end() {
+async fn no_candidate_waits_for_the_service_or_relays_the_end() {
     let a = echo_agent().spawn().await;
     let cp = FakeControlPlane::spawn().await;
     let proxy = spawn_proxy(&[cp.url()], |_| {}).await;
     cp.push(full(1, vec![service("id-a", "a", a.addr, &["t"])], vec![]));
     proxy.wait_version(1).await;
 
+    // The agent is back (the next config shows it running): same service, same session.
+    let (mut ws, routed) = connect_routed(&proxy.ws_url("tag=t")).await;
+    a.drop_connections();
+    myagent_tests::assert_eventually!(Duration::from_secs(5), a.active() == 0, "dropped");
+    send_text(&mut ws, r#"{"seq":1}"#).await;
+    cp.push(full(2, vec![service("id-a", "a", a.addr, &["t"])], vec![]));
+    let (_, events) = collect_echoes(&mut ws, 1).await;
+    let switched = events
+        .iter()
+        .find(|e| e["event"] == "service_switched")
+        .unwrap_or_else(|| panic!("no service_switched: {events:?}"));
+    assert_eq!(switched["data"]["from_service"], "a");
+    assert_eq!(switched["data"]["to_service"], "a");
+    assert_eq!(switched["data"]["reason"], "upstream_closed");
+    assert_eq!(switched["data"]["session_id"], routed["session_id"]);
+
+    // The config says the service failed: the end is relayed at once.
     let (mut ws, _) = connect_routed(&proxy.ws_url("tag=t")).await;
     a.close_connections(1001, "going away");
+    let mut failed = service("id-a", "a", a.addr, &["t"]);
+    failed.status = "error".into();
+    failed.health = "unhealthy".into();
+    failed.routable = false;
+    cp.push(full(3, vec![failed], vec![]));
     let (code, reason, events) = read_until_close(&mut ws).await;
     assert_eq!((code, reason.as_str()), (1001, "going away"));
     assert_eq!(events[0]["event"], "error");
     assert_eq!(events[0]["data"]["recoverable"], true);
 
+    // Nothing comes back within the wait: the end, 1011.
+    cp.push(full(4, vec![service("id-a", "a", a.addr, &["t"])], vec![]));
+    proxy.wait_version(4).await;
     let (mut ws, _) = connect_routed(&proxy.ws_url("service=a")).await;
     a.drop_connections();
-    let (code, _, _) = read_until_close(&mut ws).await;
-    assert_eq!(code, 1011);
+    let started = std::time::Instant::now();
+    let code = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                None | Some(Err(_)) => return None,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await
+    .expect("closed within 20 s");
+    assert_eq!(code, Some(1011));
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "waited for the service"
+    );
+}
+
+/// An agent that drops every connection before answering is not waited for forever: after three
+/// switches back to it without an answer in between, the next loss ends the connection at once.
+#[tokio::test]
+async fn an_agent_dropping_every_connection_is_given_up_on() {
+    let a = echo_agent().spawn().await;
+    let cp = FakeControlPlane::spawn().await;
+    let proxy = spawn_proxy(&[cp.url()], |_| {}).await;
+    cp.push(full(1, vec![service("id-a", "a", a.addr, &["t"])], vec![]));
+    proxy.wait_version(1).await;
+    let (mut ws, _) = connect_routed(&proxy.ws_url("service=a")).await;
+    for version in 2..=4 {
+        a.drop_connections();
+        myagent_tests::assert_eventually!(Duration::from_secs(5), a.active() == 0, "dropped");
+        cp.push(full(
+            version,
+            vec![service("id-a", "a", a.addr, &["t"])],
+            vec![],
+        ));
+        let ev = next_json(&mut ws).await;
+        assert_eq!(ev["event"], "service_switched", "{ev}");
+        myagent_tests::assert_eventually!(Duration::from_secs(5), a.active() == 1, "back");
+    }
+    a.drop_connections();
+    let started = std::time::Instant::now();
+    let (code, _, events) = read_until_close(&mut ws).await;
+    assert_eq!(code, 1011, "{events:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "not waited for a fourth time"
+    );
 }
 
 #[tokio::test]

@@ -37,6 +37,13 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// How long a connection whose service restarts waits for it to come back, when no other
 /// service can take the session meanwhile (client frames are held, bounded, as in any switch).
 const RESTART_WAIT: Duration = Duration::from_secs(30);
+/// How long a connection whose agent went away unexpectedly waits for its service to come back
+/// (an automatic restart after a crash, a new leader relaunching it), when no other service can
+/// take the session meanwhile.
+const CRASH_WAIT: Duration = Duration::from_secs(10);
+/// Unplanned switches back to the same service without an answer from it in between, beyond
+/// which the connection no longer waits for it (an agent that drops every connection at once).
+const MAX_SAME_SERVICE_RETRIES: u32 = 3;
 
 enum Phase {
     Relay,
@@ -107,6 +114,8 @@ pub struct Relay<C> {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     shutting_down: bool,
     exclude: Vec<String>,
+    /// Switches back to the same service since its agent last answered (see `CRASH_WAIT`).
+    same_service_retries: u32,
     rt_start: Option<Instant>,
     /// Alternates which side is read first, so a flooding side cannot starve the other.
     flip: bool,
@@ -263,6 +272,7 @@ where
             shutdown,
             shutting_down: false,
             exclude: Vec::new(),
+            same_service_retries: 0,
             rt_start: None,
             flip: false,
             wakers: Wakers::new(&wakes),
@@ -700,6 +710,7 @@ where
                 // One answer acknowledges one request: exact for request/response agents;
                 // agents that answer several frames per request only shorten the replay window.
                 self.unacked.ack();
+                self.same_service_retries = 0;
                 if !self.is_closing() {
                     self.to_client.push_back(m);
                 }
@@ -889,25 +900,34 @@ where
             .retain(|m| matches!(m, Message::Text(_) | Message::Binary(_) | Message::Ping(_)));
         // A planned restart brings the same service back: it stays a candidate, and with no
         // other one the switch waits (bounded) for it, so the session goes on with the
-        // restarted agent instead of ending.
+        // restarted agent instead of ending. An agent that went away unexpectedly is left out
+        // first; with no other service the switch waits (bounded) for the next config that
+        // shows it, as after an automatic restart, unless that config says it stopped or failed.
         let restarting = reason == "service_restarting";
+        let crashed =
+            reason == "upstream_closed" && self.same_service_retries < MAX_SAME_SERVICE_RETRIES;
         if !restarting {
             self.exclude.push(self.service.id.clone());
         }
         let wait = if restarting {
             RESTART_WAIT
+        } else if crashed {
+            CRASH_WAIT
         } else {
             Duration::ZERO
         };
         let deadline = Instant::now() + wait;
+        let failed = self.service.id.clone();
         let shared = self.shared.clone();
         let req = self.acc.req.clone();
         let session_id = self.session_id.clone();
         let connection_id = self.acc.connection_id.clone();
         let client_ip = self.acc.client_ip;
-        let exclude = self.exclude.clone();
+        let mut exclude = self.exclude.clone();
         let fut: SwitchFuture = Box::pin(async move {
             let mut config = shared.config.clone();
+            // Changes from now on (a clone carries the original's idea of what was seen).
+            config.borrow_and_update();
             loop {
                 let mut tried = exclude.clone();
                 let routed = route_and_connect(
@@ -921,6 +941,21 @@ where
                 )
                 .await;
                 match routed {
+                    Err(RouteError::RoutingFailed(_)) if Instant::now() < deadline && crashed => {
+                        // One try with each new config: a dead agent is not dialled on a timer
+                        // (each refused connect counts as a failed health check).
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        if crate::timer::timeout(left, config.changed()).await.is_err() {
+                            return routed;
+                        }
+                        let snap = shared.snapshot();
+                        match snap.service(&failed) {
+                            Some(s) if !matches!(s.source.status.as_str(), "stopped" | "error") => {
+                                exclude.retain(|id| *id != failed)
+                            }
+                            _ => return routed,
+                        }
+                    }
                     Err(RouteError::RoutingFailed(_)) if Instant::now() < deadline => {
                         // The next config (the service back, or another one), or a look again.
                         let _ = crate::timer::timeout(Duration::from_millis(500), config.changed())
@@ -981,6 +1016,11 @@ where
                 self.up = Some(up);
                 self.up_readable = true;
                 self.up_done = false;
+                if to.id == from.id {
+                    self.same_service_retries += 1;
+                } else {
+                    self.same_service_retries = 0;
+                }
                 self.service = to;
                 self.strategy = decision.strategy;
                 self.rebuild_envelope();
