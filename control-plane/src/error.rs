@@ -164,7 +164,9 @@ impl From<Error> for tonic::Status {
             }
             Error::StoreUnavailable(_) => {
                 tracing::warn!(error = %e, "store unavailable");
-                "The state store is unavailable; retry shortly".to_string()
+                "The state store is unavailable; retry shortly (a write that timed out may \
+                 still apply once the store answers: read before retrying it)"
+                    .to_string()
             }
             other => clip(other.to_string(), MAX_ECHO),
         };

@@ -126,7 +126,8 @@ impl ApiError {
                 ApiError::new(
                     STORE_UNAVAILABLE,
                     if status.code() == Code::DeadlineExceeded {
-                        "The control plane did not answer in time; retry shortly"
+                        "The control plane did not answer in time; retry shortly (a write \
+                         may still apply: read before retrying it)"
                     } else {
                         "The control plane is unreachable; retry shortly"
                     },
