@@ -362,6 +362,47 @@ impl Drop for ControlPlane {
     }
 }
 
+/// Registers `name` as a managed service running the example echo agent on a free port, starts
+/// it (it must come up running) and returns the agent's pid.
+pub async fn start_example_agent(registry: &mut ServiceRegistryClient<Channel>, name: &str) -> i32 {
+    use myagent_proto::v1 as pb;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    registry
+        .register_service(pb::RegisterServiceRequest {
+            name: name.into(),
+            agent_factory_path: crate::agents::example_agent_path().display().to_string(),
+            host: "127.0.0.1".into(),
+            port: u32::from(port),
+            ..Default::default()
+        })
+        .await
+        .expect("register");
+    let started = registry
+        .start_service(pb::StartServiceRequest {
+            service: name.into(),
+            wait_for_sync: 0.0,
+        })
+        .await
+        .expect("start")
+        .into_inner();
+    assert_eq!(started.status, "running", "{started:?}");
+    let pid = registry
+        .get_service(pb::GetServiceRequest {
+            service: name.into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .runtime
+        .map(|r| r.pid)
+        .unwrap_or_default();
+    assert!(pid > 0, "{name} has a pid");
+    pid
+}
+
 /// Wraps `msg` in a request carrying `authorization: Bearer <token>`.
 pub fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use myagent_proto::v1 as pb;
 use myagent_tests::assert_eventually;
-use myagent_tests::control_plane::{control_plane, error_code, unique_prefix};
+use myagent_tests::control_plane::{control_plane, error_code, start_example_agent, unique_prefix};
 use myagent_tests::etcd::Etcd;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -166,43 +166,10 @@ async fn a_short_etcd_outage_keeps_the_leader_and_its_agents() {
         .spawn()
         .await;
     let mut registry = cp.registry().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let agent = myagent_tests::agents::example_agent_path();
-    registry
-        .register_service(pb::RegisterServiceRequest {
-            name: "through-the-blip".into(),
-            agent_factory_path: agent.display().to_string(),
-            host: "127.0.0.1".into(),
-            port: u32::from(port),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let started = registry
-        .start_service(pb::StartServiceRequest {
-            service: "through-the-blip".into(),
-            wait_for_sync: 0.0,
-        })
-        .await
-        .expect("start")
-        .into_inner();
-    assert_eq!(started.status, "running", "{started:?}");
+    let pid = start_example_agent(&mut registry, "through-the-blip").await;
     let service = || pb::GetServiceRequest {
         service: "through-the-blip".into(),
     };
-    let pid = registry
-        .get_service(service())
-        .await
-        .unwrap()
-        .into_inner()
-        .runtime
-        .map(|r| r.pid)
-        .unwrap_or_default();
-    assert!(pid > 0);
 
     // etcd does not answer for 2 s (longer than a keepalive period), then does again.
     etcd.pause();
@@ -245,44 +212,10 @@ async fn a_long_etcd_outage_keeps_the_agents_for_the_next_term() {
         .spawn_binary()
         .await;
     let mut registry = cp.registry().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    registry
-        .register_service(pb::RegisterServiceRequest {
-            name: "through-the-outage".into(),
-            agent_factory_path: myagent_tests::agents::example_agent_path()
-                .display()
-                .to_string(),
-            host: "127.0.0.1".into(),
-            port: u32::from(port),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let pid = start_example_agent(&mut registry, "through-the-outage").await;
     let service = || pb::GetServiceRequest {
         service: "through-the-outage".into(),
     };
-    let started = registry
-        .start_service(pb::StartServiceRequest {
-            service: "through-the-outage".into(),
-            wait_for_sync: 0.0,
-        })
-        .await
-        .expect("start")
-        .into_inner();
-    assert_eq!(started.status, "running", "{started:?}");
-    let pid = registry
-        .get_service(service())
-        .await
-        .unwrap()
-        .into_inner()
-        .runtime
-        .map(|r| r.pid)
-        .unwrap_or_default();
-    assert!(pid > 0);
 
     // 8 s without etcd: past the 5 s lease, so the term ends.
     etcd.pause();
@@ -352,33 +285,8 @@ async fn a_replica_that_lost_its_term_leaves_the_new_leaders_state_alone() {
     let store = myagent_tests::control_plane::etcd_store(&etcd, &prefix).await;
     myagent_tests::control_plane::wait_leader(&store).await;
     let b = control_plane().etcd(&etcd, &prefix).spawn_binary().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut registry = a.registry().await;
-    registry
-        .register_service(pb::RegisterServiceRequest {
-            name: "changing-hands".into(),
-            agent_factory_path: myagent_tests::agents::example_agent_path()
-                .display()
-                .to_string(),
-            host: "127.0.0.1".into(),
-            port: u32::from(port),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let started = registry
-        .start_service(pb::StartServiceRequest {
-            service: "changing-hands".into(),
-            wait_for_sync: 0.0,
-        })
-        .await
-        .expect("start")
-        .into_inner();
-    assert_eq!(started.status, "running", "{started:?}");
+    start_example_agent(&mut registry, "changing-hands").await;
     let get = || pb::GetServiceRequest {
         service: "changing-hands".into(),
     };

@@ -266,42 +266,8 @@ async fn writes_that_wait_for_sync_answer_with_the_synced_status() {
 async fn a_crashed_only_agent_restarted_by_its_supervisor_keeps_the_connection() {
     let cp = control_plane().spawn().await;
     let proxy = spawn_proxy(&[cp.grpc_url()], |_| {}).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut registry = cp.registry().await;
-    registry
-        .register_service(pb::RegisterServiceRequest {
-            name: "only-one".into(),
-            agent_factory_path: myagent_tests::agents::example_agent_path()
-                .display()
-                .to_string(),
-            host: "127.0.0.1".into(),
-            port: u32::from(port),
-            ..Default::default()
-        })
-        .await
-        .expect("register");
-    registry
-        .start_service(pb::StartServiceRequest {
-            service: "only-one".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("start");
-    let pid = registry
-        .get_service(pb::GetServiceRequest {
-            service: "only-one".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .runtime
-        .map(|r| r.pid)
-        .unwrap_or_default();
-    assert!(pid > 0);
+    let pid = myagent_tests::control_plane::start_example_agent(&mut registry, "only-one").await;
 
     let (mut ws, data) = routed_eventually(proxy.ws_url("service=only-one")).await;
     let session = data["session_id"].as_str().unwrap().to_string();
@@ -310,7 +276,7 @@ async fn a_crashed_only_agent_restarted_by_its_supervisor_keeps_the_connection()
     assert_eq!(echo["original_message"]["n"], 1, "{echo}");
 
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
+        nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();

@@ -126,6 +126,36 @@ async fn openapi_document_is_valid_json_with_every_path() {
     }
 }
 
+/// After one replica of two went away: ten calls in a row succeed within `within` (the probe
+/// takes it out of the balancer), then every one of thirty more does; returns the failures.
+async fn calls_recover(
+    gw: &myagent_tests::gateway::Gateway,
+    within: std::time::Duration,
+) -> Vec<(usize, u16, serde_json::Value)> {
+    let c = client();
+    let deadline = std::time::Instant::now() + within;
+    let mut in_a_row = 0;
+    while in_a_row < 10 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "calls still fail {within:?} after a replica went away"
+        );
+        let (s, _) = json(c.get(gw.api("/services"))).await;
+        in_a_row = if s == 200 { in_a_row + 1 } else { 0 };
+        if s != 200 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let mut failed = Vec::new();
+    for i in 0..30 {
+        let (s, b) = json(c.get(gw.api("/services"))).await;
+        if s != 200 {
+            failed.push((i, s, b));
+        }
+    }
+    failed
+}
+
 /// Two control-plane replicas behind one gateway: once one dies, calls stop going to it within
 /// a couple of seconds (about every other call answered 503 for as long as it was down).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,28 +175,8 @@ async fn a_dead_replica_leaves_the_balancer() {
         assert_eq!(s, 200, "{b}");
     }
     b.shutdown().await;
-    // Out of the balancer within the probe period (1 s) and a little: ten calls in a row work
-    // within 10 s; then every call does.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut in_a_row = 0;
-    while in_a_row < 10 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "calls still fail 10 s after a replica died"
-        );
-        let (s, _) = json(c.get(gw.api("/services"))).await;
-        in_a_row = if s == 200 { in_a_row + 1 } else { 0 };
-        if s != 200 {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
-    let mut failed = Vec::new();
-    for i in 0..30 {
-        let (s, b) = json(c.get(gw.api("/services"))).await;
-        if s != 200 {
-            failed.push((i, s, b));
-        }
-    }
+    // Out of the balancer within the probe period (1 s) and a little.
+    let failed = calls_recover(&gw, std::time::Duration::from_secs(10)).await;
     assert!(
         failed.is_empty(),
         "calls failed with one replica down: {failed:?}"
@@ -199,23 +209,7 @@ async fn a_hung_replica_leaves_the_balancer() {
     }
     let b_pid = Pid::from_raw(b.pid().expect("binary") as i32);
     kill(b_pid, Signal::SIGSTOP).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    let mut in_a_row = 0;
-    while in_a_row < 10 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "calls still fail 15 s after a replica hung"
-        );
-        let (s, _) = json(c.get(gw.api("/services"))).await;
-        in_a_row = if s == 200 { in_a_row + 1 } else { 0 };
-    }
-    let mut failed = Vec::new();
-    for i in 0..30 {
-        let (s, b) = json(c.get(gw.api("/services"))).await;
-        if s != 200 {
-            failed.push((i, s, b));
-        }
-    }
+    let failed = calls_recover(&gw, std::time::Duration::from_secs(15)).await;
     kill(b_pid, Signal::SIGCONT).unwrap();
     assert!(
         failed.is_empty(),

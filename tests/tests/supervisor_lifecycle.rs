@@ -272,6 +272,24 @@ async fn crash_is_restarted_with_backoff_then_gives_up() {
     fx.shutdown().await;
 }
 
+/// Writes `election/leader` for `replica` (as its elector would); returns the revision.
+async fn lead_as(fx: &Fixture, replica: &str) -> i64 {
+    let record = myagent_control_plane::election::LeaderRecord {
+        replica_id: replica.into(),
+        since: chrono::Utc::now(),
+        url: String::new(),
+    };
+    fx.ctx
+        .store
+        .put(
+            "election/leader",
+            myagent_control_plane::store::json::encode(&record).unwrap(),
+            None,
+        )
+        .await
+        .unwrap()
+}
+
 /// A lost term (the store silent past the election lease) keeps the agents running while no
 /// other replica leads, and the same replica's next term goes on with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,20 +329,7 @@ async fn writes_of_an_ended_term_are_fenced_in_the_store() {
     use myagent_control_plane::model::HealthState;
     use myagent_control_plane::store::json;
     let fx = Fixture::start().await;
-    let record = |who: &str| {
-        json::encode(&myagent_control_plane::election::LeaderRecord {
-            replica_id: who.into(),
-            since: chrono::Utc::now(),
-            url: String::new(),
-        })
-        .unwrap()
-    };
-    let won = fx
-        .ctx
-        .store
-        .put("election/leader", record("this-replica"), None)
-        .await
-        .unwrap();
+    let won = lead_as(&fx, "this-replica").await;
     fx.ctx.term.won_at(won);
     let def = fx
         .register("fenced", Some(echo_agent()), agent_port(), |_| {})
@@ -343,11 +348,7 @@ async fn writes_of_an_ended_term_are_fenced_in_the_store() {
     );
 
     // Another replica wins; this one has not heard yet, and its agent dies.
-    fx.ctx
-        .store
-        .put("election/leader", record("another-replica"), None)
-        .await
-        .unwrap();
+    lead_as(&fx, "another-replica").await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -370,20 +371,7 @@ async fn losing_leadership_to_another_replica_stops_the_processes() {
         .register("lead", Some(echo_agent()), agent_port(), |_| {})
         .await;
     let pid = lifecycle::start(&fx.ctx, &def).await.unwrap().pid.unwrap();
-    let other = myagent_control_plane::election::LeaderRecord {
-        replica_id: "another-replica".into(),
-        since: chrono::Utc::now(),
-        url: String::new(),
-    };
-    fx.ctx
-        .store
-        .put(
-            "election/leader",
-            myagent_control_plane::store::json::encode(&other).unwrap(),
-            None,
-        )
-        .await
-        .unwrap();
+    lead_as(&fx, "another-replica").await;
     fx.leader.send(false).unwrap();
     myagent_tests::assert_eventually!(
         Duration::from_secs(10),
@@ -418,20 +406,7 @@ async fn a_takeover_launch_that_fails_is_retried() {
         .register("taken-over", Some(echo_agent()), port, |_| {})
         .await;
     let pid = lifecycle::start(&fx.ctx, &def).await.unwrap().pid.unwrap();
-    let other = myagent_control_plane::election::LeaderRecord {
-        replica_id: "another-replica".into(),
-        since: chrono::Utc::now(),
-        url: String::new(),
-    };
-    fx.ctx
-        .store
-        .put(
-            "election/leader",
-            myagent_control_plane::store::json::encode(&other).unwrap(),
-            None,
-        )
-        .await
-        .unwrap();
+    lead_as(&fx, "another-replica").await;
     fx.leader.send(false).unwrap();
     myagent_tests::assert_eventually!(Duration::from_secs(10), !alive(pid), "stopped");
     // The term this replica takes over next finds the port taken for a moment.
