@@ -945,7 +945,11 @@ where
                         // One try with each new config: a dead agent is not dialled on a timer
                         // (each refused connect counts as a failed health check).
                         let left = deadline.saturating_duration_since(Instant::now());
-                        if crate::timer::timeout(left, config.changed()).await.is_err() {
+                        // (No next config before the deadline, or none ever: shutting down.)
+                        if !matches!(
+                            crate::timer::timeout(left, config.changed()).await,
+                            Ok(Ok(()))
+                        ) {
                             return routed;
                         }
                         let snap = shared.snapshot();
@@ -957,9 +961,14 @@ where
                         }
                     }
                     Err(RouteError::RoutingFailed(_)) if Instant::now() < deadline => {
-                        // The next config (the service back, or another one), or a look again.
-                        let _ = crate::timer::timeout(Duration::from_millis(500), config.changed())
-                            .await;
+                        // The next config (the service back, or another one), or a look again;
+                        // none ever again when the proxy is shutting down.
+                        let next =
+                            crate::timer::timeout(Duration::from_millis(500), config.changed())
+                                .await;
+                        if matches!(next, Ok(Err(_))) {
+                            return routed;
+                        }
                     }
                     other => return other,
                 }
