@@ -230,6 +230,25 @@ async fn draining_and_stopped_reasons() {
     assert_eq!(ev["data"]["to_service"], now.as_str());
 }
 
+/// The next event on `ws`, pushing the service's config as a new version (from `*version` on)
+/// every 300 ms meanwhile: a switch that waits for its service tries again with each config that
+/// comes after it saw the agent go, and a single push could land before that.
+async fn next_event_pushing(
+    cp: &FakeControlPlane,
+    ws: &mut Client,
+    version: &mut u64,
+    svc: &pb::ServiceSnapshot,
+) -> Value {
+    for _ in 0..30 {
+        cp.push(full(*version, vec![svc.clone()], vec![]));
+        *version += 1;
+        if let Ok(ev) = tokio::time::timeout(Duration::from_millis(300), next_json(ws)).await {
+            return ev;
+        }
+    }
+    panic!("no event within 9 s of config pushes");
+}
+
 /// The only service's agent goes away unexpectedly. The switch waits (bounded) for the config
 /// to show the service again — an automatic restart, a new leader relaunching it — and the
 /// session goes on with it; it ends at once when the config says the service failed or
@@ -243,16 +262,16 @@ async fn no_candidate_waits_for_the_service_or_relays_the_end() {
     proxy.wait_version(1).await;
 
     // The agent is back (the next config shows it running): same service, same session.
+    let running = service("id-a", "a", a.addr, &["t"]);
+    let mut version = 2;
     let (mut ws, routed) = connect_routed(&proxy.ws_url("tag=t")).await;
     a.drop_connections();
     myagent_tests::assert_eventually!(Duration::from_secs(5), a.active() == 0, "dropped");
     send_text(&mut ws, r#"{"seq":1}"#).await;
-    cp.push(full(2, vec![service("id-a", "a", a.addr, &["t"])], vec![]));
-    let (_, events) = collect_echoes(&mut ws, 1).await;
-    let switched = events
-        .iter()
-        .find(|e| e["event"] == "service_switched")
-        .unwrap_or_else(|| panic!("no service_switched: {events:?}"));
+    let switched = next_event_pushing(&cp, &mut ws, &mut version, &running).await;
+    assert_eq!(switched["event"], "service_switched", "{switched}");
+    let (seen, _) = collect_echoes(&mut ws, 1).await;
+    assert!(seen.contains(&1));
     assert_eq!(switched["data"]["from_service"], "a");
     assert_eq!(switched["data"]["to_service"], "a");
     assert_eq!(switched["data"]["reason"], "upstream_closed");
@@ -265,15 +284,16 @@ async fn no_candidate_waits_for_the_service_or_relays_the_end() {
     failed.status = "error".into();
     failed.health = "unhealthy".into();
     failed.routable = false;
-    cp.push(full(3, vec![failed], vec![]));
+    cp.push(full(version, vec![failed], vec![]));
+    version += 1;
     let (code, reason, events) = read_until_close(&mut ws).await;
     assert_eq!((code, reason.as_str()), (1001, "going away"));
     assert_eq!(events[0]["event"], "error");
     assert_eq!(events[0]["data"]["recoverable"], true);
 
     // Nothing comes back within the wait: the end, 1011.
-    cp.push(full(4, vec![service("id-a", "a", a.addr, &["t"])], vec![]));
-    proxy.wait_version(4).await;
+    cp.push(full(version, vec![running.clone()], vec![]));
+    proxy.wait_version(version).await;
     let (mut ws, _) = connect_routed(&proxy.ws_url("service=a")).await;
     a.drop_connections();
     let started = std::time::Instant::now();
@@ -305,15 +325,12 @@ async fn an_agent_dropping_every_connection_is_given_up_on() {
     cp.push(full(1, vec![service("id-a", "a", a.addr, &["t"])], vec![]));
     proxy.wait_version(1).await;
     let (mut ws, _) = connect_routed(&proxy.ws_url("service=a")).await;
-    for version in 2..=4 {
+    let running = service("id-a", "a", a.addr, &["t"]);
+    let mut version = 2;
+    for _ in 0..3 {
         a.drop_connections();
         myagent_tests::assert_eventually!(Duration::from_secs(5), a.active() == 0, "dropped");
-        cp.push(full(
-            version,
-            vec![service("id-a", "a", a.addr, &["t"])],
-            vec![],
-        ));
-        let ev = next_json(&mut ws).await;
+        let ev = next_event_pushing(&cp, &mut ws, &mut version, &running).await;
         assert_eq!(ev["event"], "service_switched", "{ev}");
         myagent_tests::assert_eventually!(Duration::from_secs(5), a.active() == 1, "back");
     }

@@ -942,6 +942,13 @@ where
                 .await;
                 match routed {
                     Err(RouteError::RoutingFailed(_)) if Instant::now() < deadline && crashed => {
+                        // Not coming back: the config says it stopped, failed or is gone.
+                        let back = shared.snapshot().service(&failed).is_some_and(|s| {
+                            !matches!(s.source.status.as_str(), "stopped" | "error")
+                        });
+                        if !back {
+                            return routed;
+                        }
                         // One try with each new config: a dead agent is not dialled on a timer
                         // (each refused connect counts as a failed health check).
                         let left = deadline.saturating_duration_since(Instant::now());
@@ -952,13 +959,7 @@ where
                         ) {
                             return routed;
                         }
-                        let snap = shared.snapshot();
-                        match snap.service(&failed) {
-                            Some(s) if !matches!(s.source.status.as_str(), "stopped" | "error") => {
-                                exclude.retain(|id| *id != failed)
-                            }
-                            _ => return routed,
-                        }
+                        exclude.retain(|id| *id != failed);
                     }
                     Err(RouteError::RoutingFailed(_)) if Instant::now() < deadline => {
                         // The next config (the service back, or another one), or a look again;
