@@ -2,8 +2,8 @@
 //! per-connection atomics; the reporter folds them into these counters every report interval.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -22,6 +22,7 @@ pub struct Metrics {
     pub upstream_connect_seconds: Histogram,
     pub upstream_response_seconds: Histogram,
     pub sessions_known: IntGauge,
+    pub worker_connections: IntGaugeVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -116,6 +117,18 @@ impl Metrics {
                 "Time from a client message to the next agent message on the same connection.",
             ),
             sessions_known: ig("sessions_known", "Session bindings held by this proxy."),
+            worker_connections: {
+                let g = must(IntGaugeVec::new(
+                    Opts::new(
+                        "myagent_proxy_worker_connections",
+                        "Client sockets open on each event-loop thread (accepted, not yet \
+                         closed): what connections are spread over the threads by.",
+                    ),
+                    &["worker"],
+                ));
+                must(registry.register(Box::new(g.clone())));
+                g
+            },
             registry,
         }
     }

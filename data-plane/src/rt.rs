@@ -552,10 +552,27 @@ impl TcpListener {
     }
 
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (s, peer) = self.accept_raw().await?;
+        Ok((s.register()?, peer))
+    }
+
+    /// Accepts a connection without putting it on this thread's event loop, so that another
+    /// connection thread can take it.
+    pub async fn accept_raw(&self) -> io::Result<(RawStream, SocketAddr)> {
         let (s, peer) =
             std::future::poll_fn(|cx| poll_io(self.token, Dir::Read, cx, || self.io.accept()))
                 .await?;
-        Ok((TcpStream::new(s)?, peer))
+        Ok((RawStream(s), peer))
+    }
+}
+
+/// An accepted TCP stream on no event loop yet.
+pub struct RawStream(mio::net::TcpStream);
+
+impl RawStream {
+    /// Puts the stream on the event loop of the calling thread.
+    pub fn register(self) -> io::Result<TcpStream> {
+        TcpStream::new(self.0)
     }
 }
 

@@ -12,10 +12,12 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::{header, HeaderMap, Method, StatusCode};
+use prometheus::IntGauge;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::sync::CancellationToken;
@@ -26,39 +28,88 @@ use crate::conn::{self, Accepted};
 use crate::error::{Error, Result};
 use crate::handshake::{self, Head, HeadError, Reject};
 use crate::routing::RouteRequest;
-use crate::rt::{self, TcpStream};
+use crate::rt::{self, RawStream, TcpStream};
 use crate::state::Shared;
 use crate::strategy::Strategy;
 
-/// Accepts connections until `stop` fires (over TLS when `tls` is set).
-pub async fn serve(
-    listener: rt::TcpListener,
+/// How many more live connections the accepting event loop may hold than the least loaded
+/// one before it hands a new connection over.
+const BALANCE_SLACK: i64 = 1;
+
+/// Spreads client connections over the event loops by their live connections. Every loop
+/// is woken by a new connection and the first to run takes it, so a burst of connections
+/// opened one after another could land nearly all on one loop (90 of 100 seen), which then
+/// capped the throughput while the other idled. The loop that accepts a connection keeps it
+/// unless another holds more than `BALANCE_SLACK` fewer; that one then takes it over and puts
+/// the socket on its own event loop.
+struct Balance {
+    /// Live connections per loop (`myagent_proxy_worker_connections`).
+    live: Box<[IntGauge]>,
+    inboxes: Box<[mpsc::UnboundedSender<Handover>]>,
+}
+
+impl Balance {
+    /// The loop that takes a connection accepted on loop `me` (its count already raised).
+    fn pick(&self, me: usize) -> usize {
+        let mine = self.live[me].get();
+        let (least, fewest) = self
+            .live
+            .iter()
+            .map(IntGauge::get)
+            .enumerate()
+            .min_by_key(|&(_, c)| c)
+            .unwrap_or((me, mine));
+        let to = if mine > fewest + BALANCE_SLACK {
+            least
+        } else {
+            me
+        };
+        self.live[to].inc();
+        to
+    }
+}
+
+/// A connection accepted by one loop for another to serve.
+type Handover = (RawStream, SocketAddr, Live);
+
+/// One live connection of loop `worker`, counted until its task ends.
+struct Live {
+    balance: Arc<Balance>,
+    worker: usize,
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.balance.live[self.worker].dec();
+    }
+}
+
+/// What a connection thread serves connections with.
+#[derive(Clone)]
+struct Serve {
     tls: Option<TlsAcceptor>,
     shared: Arc<Shared>,
     tracker: TaskTracker,
-    stop: CancellationToken,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    crate::timer::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
+}
+
+impl Serve {
+    /// Puts an accepted socket on this thread's event loop and runs its connection.
+    fn spawn(&self, raw: RawStream, peer: SocketAddr, live: Live) {
+        let tcp = match raw.register() {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register an accepted connection");
+                return;
+            }
         };
         let _ = tcp.set_nodelay(true);
-        let shared = shared.clone();
-        let tls = tls.clone();
+        let (shared, tls) = (self.shared.clone(), self.tls.clone());
         // The task holds what an open connection needs for its whole life: the relay. Every
         // step before it (TLS handshake, request head, routing, upstream handshake) runs in a
         // box of its own that is freed when the step ends; a TLS connection's relay, larger by
         // the TLS state, is boxed too, so plain connections do not carry room for it.
-        rt::spawn(tracker.track_future(async move {
+        rt::spawn(self.tracker.track_future(async move {
+            let _live = live;
             match tls {
                 None => serve_client(tcp, peer, shared).await,
                 Some(acceptor) => {
@@ -73,6 +124,46 @@ pub async fn serve(
                 }
             }
         }));
+    }
+}
+
+/// Loop `me`'s accepting until `stop` fires: connections it accepts (or another loop hands
+/// it, see [`Balance`]) run on this thread.
+async fn serve(
+    me: usize,
+    listener: rt::TcpListener,
+    mut inbox: mpsc::UnboundedReceiver<Handover>,
+    balance: Arc<Balance>,
+    serve: Serve,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            Some((raw, peer, live)) = inbox.recv() => serve.spawn(raw, peer, live),
+            r = listener.accept_raw() => match r {
+                Ok((raw, peer)) => {
+                    let to = balance.pick(me);
+                    let live = Live { balance: balance.clone(), worker: to };
+                    if to == me {
+                        serve.spawn(raw, peer, live);
+                    } else if let Err(mpsc::error::SendError((raw, peer, live))) =
+                        balance.inboxes[to].send((raw, peer, live))
+                    {
+                        // That loop stopped accepting (shutting down): serve it here.
+                        drop(live);
+                        balance.live[me].inc();
+                        let live = Live { balance: balance.clone(), worker: me };
+                        serve.spawn(raw, peer, live);
+                    }
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    crate::timer::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        }
     }
 }
 
@@ -103,13 +194,31 @@ pub fn spawn_workers(
     // Keeps the threads' timers; their runtimes need no time driver.
     let timers = crate::timer::Driver::start()?;
     let mut threads = Vec::with_capacity(n);
+    let (inboxes, mut receivers): (Vec<_>, Vec<_>) =
+        (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+    let balance = Arc::new(Balance {
+        live: (0..n)
+            .map(|i| {
+                shared
+                    .metrics
+                    .worker_connections
+                    .with_label_values(&[&i.to_string()])
+            })
+            .collect(),
+        inboxes: inboxes.into(),
+    });
+    let serving = Serve {
+        tls,
+        shared,
+        tracker: tracker.clone(),
+    };
     // Each thread reports whether its event loop started (it must be made on the thread).
     let (started_tx, started) = std::sync::mpsc::channel::<std::io::Result<()>>();
-    for i in 0..n {
+    for (i, inbox) in receivers.drain(..).enumerate() {
         let started_tx = started_tx.clone();
         let listener = std_listener.try_clone()?;
         let timers = timers.clone();
-        let (tls, shared, tracker) = (tls.clone(), shared.clone(), tracker.clone());
+        let (balance, serving, tracker) = (balance.clone(), serving.clone(), tracker.clone());
         let (stop, done) = (stop.clone(), done.clone());
         let thread = std::thread::Builder::new()
             .name(format!("myagent-ws-{i}"))
@@ -128,7 +237,7 @@ pub fn spawn_workers(
                 let _ = started_tx.send(Ok(()));
                 rt.block_on(async move {
                     match rt::TcpListener::from_std(listener) {
-                        Ok(l) => serve(l, tls, shared, tracker.clone(), stop).await,
+                        Ok(l) => serve(i, l, inbox, balance, serving, stop).await,
                         Err(e) => tracing::error!(error = %e, "worker cannot use the listener"),
                     }
                     tokio::select! {
@@ -499,6 +608,49 @@ impl Drop for ActiveGuard {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    fn balance(n: usize) -> Arc<Balance> {
+        let metrics = crate::metrics::Metrics::new();
+        let (inboxes, _): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+        Arc::new(Balance {
+            live: (0..n)
+                .map(|i| {
+                    metrics
+                        .worker_connections
+                        .with_label_values(&[&i.to_string()])
+                })
+                .collect(),
+            inboxes: inboxes.into(),
+        })
+    }
+
+    /// One loop winning every accept still spreads the connections evenly, and closed ones
+    /// make room where they closed.
+    #[test]
+    fn connections_go_to_the_least_loaded_loop() {
+        let b = balance(3);
+        let mut held: Vec<Live> = (0..30)
+            .map(|_| Live {
+                worker: b.pick(0),
+                balance: b.clone(),
+            })
+            .collect();
+        let counts = || b.live.iter().map(IntGauge::get).collect::<Vec<_>>();
+        let c = counts();
+        assert_eq!(c.iter().sum::<i64>(), 30);
+        assert!(c.iter().all(|&n| (9..=11).contains(&n)), "{c:?}");
+        // Close every connection of loop 2: the next ones go there.
+        held.retain(|l| l.worker != 2);
+        assert_eq!(counts()[2], 0);
+        for _ in 0..5 {
+            assert_eq!(b.pick(1), 2);
+        }
+        drop(held);
+        assert_eq!(counts(), vec![0, 0, 5]);
+        // One loop alone keeps everything.
+        let one = balance(1);
+        assert!((0..5).all(|_| one.pick(0) == 0));
+    }
 
     /// A connection's future beyond its relay holds only the slot guard and the shared state
     /// (see `conn::tests::an_open_connection_is_its_relay`).

@@ -211,6 +211,53 @@ async fn agent_normal_close_ends_the_client_connection() {
     assert_eq!((code, reason.as_str()), (1000, "conversation over"));
 }
 
+/// Connections opened one after another (each woke every event loop; the first to run took
+/// it) are spread over the loops by their live connections, as `/metrics` shows per loop.
+#[tokio::test]
+async fn connections_are_spread_over_the_event_loops() {
+    let agent = echo_agent().spawn().await;
+    let cp = FakeControlPlane::spawn().await;
+    let proxy = spawn_proxy(&[cp.url()], |c| c.worker_threads = 2).await;
+    cp.push(full(1, vec![service("s1", "a", agent.addr, &[])], vec![]));
+    proxy.wait_version(1).await;
+    let per_loop = || async {
+        let (_, text) = proxy.admin_get("/metrics").await;
+        ["0", "1"].map(|w| {
+            let prefix = format!("myagent_proxy_worker_connections{{worker=\"{w}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+        })
+    };
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let (mut ws, _) = connect_routed(&proxy.ws_url("service=a")).await;
+        send_text(&mut ws, &format!("m{i}")).await;
+        let _ = next_msg(&mut ws).await;
+        clients.push(ws);
+    }
+    let [a, b] = per_loop().await;
+    assert_eq!(a + b, 20);
+    assert!((a - b).abs() <= 2, "loop 0 holds {a}, loop 1 {b}");
+    // Every message still goes through, whichever loop took the connection over.
+    for (i, ws) in clients.iter_mut().enumerate() {
+        send_text(ws, &format!("again {i}")).await;
+        let v = next_json(ws).await;
+        assert_eq!(v["original_message"], format!("again {i}"));
+    }
+    drop(clients);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while per_loop().await != [0, 0] {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            per_loop().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn real_binary_prints_addresses_and_serves_health() {
     let dir = tempfile::tempdir().unwrap();
