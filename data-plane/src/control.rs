@@ -26,6 +26,9 @@ use crate::state::{unix_ms, ConnCommand, Shared};
 /// Minimum spacing of reports sent ahead of the tick for new sessions: a connect storm costs at
 /// most one extra report per gap.
 const EARLY_REPORT_GAP: Duration = Duration::from_millis(20);
+/// HTTP/2 pings on the config stream's connection, and how long an answer may take.
+const CONTROL_PING_EVERY: Duration = Duration::from_secs(4);
+const CONTROL_PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Adds `authorization: Bearer <token>` to every call.
 #[derive(Clone)]
@@ -156,12 +159,15 @@ impl ControlClient {
             detail,
             fatal: false,
         };
+        // A replica that stops answering (its host gone, no FIN or RST) is given up within
+        // `CONTROL_PING_EVERY + CONTROL_PING_TIMEOUT`, inside the crash wait (10 s) of connections
+        // whose agent that replica's death took along: the new leader's config reaches them.
         let mut ep = match Endpoint::from_shared(url.to_string()) {
             Ok(e) => e
                 .connect_timeout(Duration::from_secs(3))
                 .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(10))
-                .keep_alive_timeout(Duration::from_secs(5)),
+                .http2_keep_alive_interval(CONTROL_PING_EVERY)
+                .keep_alive_timeout(CONTROL_PING_TIMEOUT),
             Err(e) => {
                 return End::Failed {
                     detail: format!("bad control-plane URL {url}: {e}"),

@@ -6,6 +6,7 @@ pub mod bins;
 pub mod cli;
 pub mod control_plane;
 pub mod etcd;
+pub mod gate;
 pub mod gateway;
 pub mod proxy;
 pub mod tls;

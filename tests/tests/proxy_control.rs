@@ -153,6 +153,30 @@ async fn tries_each_control_plane_url() {
     proxy.wait_version(1).await;
 }
 
+/// A control plane that stops answering without closing the connection (its host gone) is
+/// given up within the config stream's HTTP/2 ping period and timeout (4 + 3 s), inside the
+/// 10 s a connection whose agent crashed waits for a new config; the proxy goes on with the
+/// next control plane.
+#[tokio::test]
+async fn a_hung_control_plane_is_given_up_for_the_next() {
+    let a = echo_agent().spawn().await;
+    let hung = FakeControlPlane::spawn().await;
+    let gate = myagent_tests::gate::TcpGate::start(hung.addr).await;
+    let next = FakeControlPlane::spawn().await;
+    let proxy = spawn_proxy(&[format!("http://{}", gate.addr), next.url()], |_| {}).await;
+    hung.push(full(1, vec![service("id-a", "a", a.addr, &["t"])], vec![]));
+    hung.wait_ack(1).await;
+    assert_eq!(next.streams_opened(), 0);
+
+    gate.pause();
+    let paused = std::time::Instant::now();
+    next.push(full(2, vec![service("id-a", "a", a.addr, &["t"])], vec![]));
+    next.wait_ack(2).await;
+    let took = paused.elapsed();
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    proxy.wait_version(2).await;
+}
+
 #[tokio::test]
 async fn disconnect_and_notify_commands() {
     let a = echo_agent().spawn().await;
