@@ -27,6 +27,7 @@ use crate::conn::ws::{Role, WsStream};
 use crate::conn::{self, Accepted};
 use crate::error::{Error, Result};
 use crate::handshake::{self, Head, HeadError, Reject};
+use crate::metrics::Metrics;
 use crate::routing::RouteRequest;
 use crate::rt::{self, RawStream, TcpStream};
 use crate::state::Shared;
@@ -49,8 +50,26 @@ struct Balance {
 }
 
 impl Balance {
-    /// The loop that takes a connection accepted on loop `me` (its count already raised).
-    fn pick(&self, me: usize) -> usize {
+    /// The balance of `n` loops, and each loop's inbox of connections handed to it.
+    fn new(n: usize, metrics: &Metrics) -> (Arc<Balance>, Vec<mpsc::UnboundedReceiver<Handover>>) {
+        let (inboxes, receivers): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+        let live = (0..n)
+            .map(|i| {
+                metrics
+                    .worker_connections
+                    .with_label_values(&[&i.to_string()])
+            })
+            .collect();
+        let balance = Balance {
+            live,
+            inboxes: inboxes.into(),
+        };
+        (Arc::new(balance), receivers)
+    }
+
+    /// Counts a connection accepted on loop `me` on the loop that is to serve it.
+    fn pick(self: &Arc<Self>, me: usize) -> Live {
         let mine = self.live[me].get();
         let (least, fewest) = self
             .live
@@ -59,13 +78,20 @@ impl Balance {
             .enumerate()
             .min_by_key(|&(_, c)| c)
             .unwrap_or((me, mine));
-        let to = if mine > fewest + BALANCE_SLACK {
+        self.count(if mine > fewest + BALANCE_SLACK {
             least
         } else {
             me
-        };
-        self.live[to].inc();
-        to
+        })
+    }
+
+    /// Counts a connection on loop `worker`.
+    fn count(self: &Arc<Self>, worker: usize) -> Live {
+        self.live[worker].inc();
+        Live {
+            balance: self.clone(),
+            worker,
+        }
     }
 }
 
@@ -143,17 +169,16 @@ async fn serve(
             Some((raw, peer, live)) = inbox.recv() => serve.spawn(raw, peer, live),
             r = listener.accept_raw() => match r {
                 Ok((raw, peer)) => {
-                    let to = balance.pick(me);
-                    let live = Live { balance: balance.clone(), worker: to };
-                    if to == me {
-                        serve.spawn(raw, peer, live);
-                    } else if let Err(mpsc::error::SendError((raw, peer, live))) =
-                        balance.inboxes[to].send((raw, peer, live))
-                    {
-                        // That loop stopped accepting (shutting down): serve it here.
-                        drop(live);
-                        balance.live[me].inc();
-                        let live = Live { balance: balance.clone(), worker: me };
+                    let live = balance.pick(me);
+                    let here = if live.worker == me {
+                        Some((raw, peer, live))
+                    } else {
+                        let to = live.worker;
+                        balance.inboxes[to].send((raw, peer, live)).err().map(|e| e.0)
+                    };
+                    if let Some((raw, peer, live)) = here {
+                        // (Also when the loop it was meant for stopped accepting: shutting down.)
+                        let live = if live.worker == me { live } else { balance.count(me) };
                         serve.spawn(raw, peer, live);
                     }
                 }
@@ -194,19 +219,7 @@ pub fn spawn_workers(
     // Keeps the threads' timers; their runtimes need no time driver.
     let timers = crate::timer::Driver::start()?;
     let mut threads = Vec::with_capacity(n);
-    let (inboxes, mut receivers): (Vec<_>, Vec<_>) =
-        (0..n).map(|_| mpsc::unbounded_channel()).unzip();
-    let balance = Arc::new(Balance {
-        live: (0..n)
-            .map(|i| {
-                shared
-                    .metrics
-                    .worker_connections
-                    .with_label_values(&[&i.to_string()])
-            })
-            .collect(),
-        inboxes: inboxes.into(),
-    });
+    let (balance, mut receivers) = Balance::new(n, &shared.metrics);
     let serving = Serve {
         tls,
         shared,
@@ -609,32 +622,13 @@ mod tests {
     use super::*;
     use http::HeaderValue;
 
-    fn balance(n: usize) -> Arc<Balance> {
-        let metrics = crate::metrics::Metrics::new();
-        let (inboxes, _): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
-        Arc::new(Balance {
-            live: (0..n)
-                .map(|i| {
-                    metrics
-                        .worker_connections
-                        .with_label_values(&[&i.to_string()])
-                })
-                .collect(),
-            inboxes: inboxes.into(),
-        })
-    }
-
     /// One loop winning every accept still spreads the connections evenly, and closed ones
     /// make room where they closed.
     #[test]
     fn connections_go_to_the_least_loaded_loop() {
-        let b = balance(3);
-        let mut held: Vec<Live> = (0..30)
-            .map(|_| Live {
-                worker: b.pick(0),
-                balance: b.clone(),
-            })
-            .collect();
+        let metrics = crate::metrics::Metrics::new();
+        let (b, _inboxes) = Balance::new(3, &metrics);
+        let mut held: Vec<Live> = (0..30).map(|_| b.pick(0)).collect();
         let counts = || b.live.iter().map(IntGauge::get).collect::<Vec<_>>();
         let c = counts();
         assert_eq!(c.iter().sum::<i64>(), 30);
@@ -642,14 +636,15 @@ mod tests {
         // Close every connection of loop 2: the next ones go there.
         held.retain(|l| l.worker != 2);
         assert_eq!(counts()[2], 0);
-        for _ in 0..5 {
-            assert_eq!(b.pick(1), 2);
-        }
+        let next: Vec<Live> = (0..5).map(|_| b.pick(1)).collect();
+        assert!(next.iter().all(|l| l.worker == 2));
         drop(held);
         assert_eq!(counts(), vec![0, 0, 5]);
+        drop(next);
+        assert_eq!(counts(), vec![0, 0, 0]);
         // One loop alone keeps everything.
-        let one = balance(1);
-        assert!((0..5).all(|_| one.pick(0) == 0));
+        let (one, _inbox) = Balance::new(1, &metrics);
+        assert!((0..5).all(|_| one.pick(0).worker == 0));
     }
 
     /// A connection's future beyond its relay holds only the slot guard and the shared state
