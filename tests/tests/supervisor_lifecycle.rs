@@ -381,16 +381,9 @@ async fn losing_leadership_to_another_replica_stops_the_processes() {
     fx.ctx.store.delete("election/leader").await.unwrap();
     // Leading again: desired=running is reconciled, a new process starts.
     fx.leader.send(true).unwrap();
-    let rt = myagent_tests::wait::until(
-        "restart under the new term",
-        Duration::from_secs(10),
-        || async {
-            fx.runtime(&def.id)
-                .await
-                .filter(|r| r.status == ServiceStatus::Running && r.pid.is_some_and(|p| p != pid))
-        },
-    )
-    .await;
+    let rt = fx
+        .wait_relaunched(&def.id, pid, Duration::from_secs(10))
+        .await;
     assert!(alive(rt.pid.unwrap()));
     fx.shutdown().await;
 }
@@ -415,16 +408,9 @@ async fn a_takeover_launch_that_fails_is_retried() {
     fx.leader.send(true).unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
     drop(holder);
-    let rt = myagent_tests::wait::until(
-        "relaunched once the port is free",
-        Duration::from_secs(15),
-        || async {
-            fx.runtime(&def.id)
-                .await
-                .filter(|r| r.status == ServiceStatus::Running && r.pid.is_some_and(|p| p != pid))
-        },
-    )
-    .await;
+    let rt = fx
+        .wait_relaunched(&def.id, pid, Duration::from_secs(15))
+        .await;
     assert!(alive(rt.pid.unwrap()));
     fx.shutdown().await;
 }

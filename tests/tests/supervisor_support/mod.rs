@@ -136,6 +136,20 @@ impl Fixture {
         .await
     }
 
+    /// Waits until the service runs again in a process other than `old_pid`.
+    pub async fn wait_relaunched(&self, id: &str, old_pid: i32, within: Duration) -> Runtime {
+        myagent_tests::wait::until(
+            &format!("service {id} running again, not as pid {old_pid}"),
+            within,
+            || async {
+                self.runtime(id).await.filter(|r| {
+                    r.status == ServiceStatus::Running && r.pid.is_some_and(|p| p != old_pid)
+                })
+            },
+        )
+        .await
+    }
+
     /// Stops everything (as a shutdown would) and waits for the supervisor to finish.
     pub async fn shutdown(mut self) {
         self.ctx.shutdown.cancel();
